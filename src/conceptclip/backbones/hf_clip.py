@@ -292,7 +292,9 @@ def _expand_prompt(p: torch.Tensor, batch: int, width: int, layer: int) -> torch
     if p.dim() == 2:
         p = p.unsqueeze(0).expand(batch, -1, -1)
     if p.dim() != 3 or p.shape[0] != batch or p.shape[2] != width or p.shape[1] == 0:
-        raise BackboneError(f"prompt for layer {layer} must be (P, {width}) or ({batch}, P, {width}), got {tuple(p.shape)}")
+        raise BackboneError(
+            f"prompt for layer {layer} must be (P, {width}) or ({batch}, P, {width}), got {tuple(p.shape)}"
+        )
     return p
 
 
@@ -373,7 +375,10 @@ def hf_clip(arg: str | None) -> HFCLIPBackbone:
             "backbone 'hf' needs a model: 'hf:NAME' (e.g. hf:openai/clip-vit-base-patch16) or 'hf:/path/to/folder'"
         )
     spec = f"hf:{arg}"
-    how = "download it on a machine with internet (`hf download {name} --local-dir DIR`) and pass the folder as 'hf:DIR'"
+    how = (
+        "download it on a machine with internet (`hf download {name} --local-dir DIR`) "
+        "and pass the folder as 'hf:DIR'"
+    )
     if _looks_local(arg):
         path = Path(arg).expanduser()
         if not (path / "config.json").is_file():

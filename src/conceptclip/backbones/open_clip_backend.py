@@ -238,7 +238,8 @@ def open_clip_factory(arg: str | None) -> OpenCLIPBackbone:
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:
         if pretrained is None and not arg.startswith("hf-hub:"):
-            warnings.warn(f"backbone {spec!r} names no pretrained weights (MODEL@PRETRAINED): random init", stacklevel=2)
+            warnings.warn(f"backbone {spec!r} names no pretrained weights (MODEL@PRETRAINED): random init",
+                          stacklevel=2)
             model, _, transform = open_clip.create_model_and_transforms(name)
         elif pretrained is None:
             model, transform = open_clip.create_model_from_pretrained(name)
