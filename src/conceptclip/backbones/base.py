@@ -84,7 +84,8 @@ class Backbone(nn.Module, ABC):
     # -- text -------------------------------------------------------------------
     @abstractmethod
     def tokenize(self, texts: Sequence[str]) -> TokenBatch:
-        """Texts -> TokenBatch padded to `context_length` (truncated with the end token kept)."""
+        """Texts -> TokenBatch padded to the longest text, at most `context_length` tokens
+        (longer texts are truncated with the end token kept)."""
 
     @property
     @abstractmethod
@@ -130,11 +131,16 @@ class Backbone(nn.Module, ABC):
         return next(self.parameters()).device
 
     def freeze(self) -> "Backbone":
-        """Freeze every parameter (prompt learning trains only its own parameters)."""
+        """Freeze every parameter and keep the towers in eval mode (frozen batch-norm statistics
+        and no dropout) even when an enclosing method is put in train mode."""
         for p in self.parameters():
             p.requires_grad_(False)
+        self._frozen = True
         self.eval()
         return self
+
+    def train(self, mode: bool = True) -> "Backbone":
+        return super().train(mode and not getattr(self, "_frozen", False))
 
 
 def state_hash(module: nn.Module, extra: str = "") -> str:

@@ -1,0 +1,88 @@
+"""On-disk cache of frozen-encoder image features.
+
+Prompt learning on a frozen image tower needs each image encoded once, not once per epoch. The
+cache key is the backbone's `weights_id()` (weights + preprocessing), the dataset fingerprint
+(ids, file sizes and mtimes) and what was computed; one safetensors file per key, written
+atomically under a file lock so parallel runs never read or write half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from conceptclip.data.dataset import Dataset, Sample
+from conceptclip.data.images import PixelDataset
+from conceptclip.errors import CheckpointError
+from conceptclip.io import load_tensors, save_tensors
+from conceptclip.paths import cache_dir
+
+
+class FeatureCache:
+    """`FeatureCache(root).image_features(backbone, dataset, patches=...)` -> {"ids", "global", "patches"?}."""
+
+    def __init__(self, root: str | Path | None = None, enabled: bool = True) -> None:
+        self.root = Path(root) if root else cache_dir() / "features"
+        self.enabled = enabled
+        self.hits = 0
+        self.misses = 0
+
+    def path_for(self, *key_parts: object) -> Path:
+        key = hashlib.sha256(json.dumps([str(k) for k in key_parts]).encode()).hexdigest()[:24]
+        return self.root / f"{key}.safetensors"
+
+    def get_or_compute(self, key_parts: Sequence[object], samples: Sequence[Sample],
+                       encode: Callable[[torch.Tensor], dict[str, torch.Tensor]], preprocess: Callable,
+                       batch_size: int = 32, desc: str = "encoding images", device: torch.device | str = "cpu",
+                       num_workers: int = 0) -> dict[str, torch.Tensor]:
+        """Tensors from `encode(pixels)` for every sample, in `samples` order, from cache when present."""
+        path = self.path_for(*key_parts, *(s.id for s in samples))
+        if self.enabled:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(path) + ".lock"):
+                if path.exists():
+                    try:
+                        out = load_tensors(path)
+                        self.hits += 1
+                        return out
+                    except CheckpointError:
+                        path.unlink(missing_ok=True)  # a corrupt cache entry is recomputed, never trusted
+                out = self._compute(samples, encode, preprocess, batch_size, desc, device, num_workers)
+                save_tensors(path, out)
+                self.misses += 1
+                return out
+        self.misses += 1
+        return self._compute(samples, encode, preprocess, batch_size, desc, device, num_workers)
+
+    @staticmethod
+    def _compute(samples, encode, preprocess, batch_size, desc, device, num_workers) -> dict[str, torch.Tensor]:
+        loader = torch.utils.data.DataLoader(PixelDataset(samples, preprocess), batch_size=batch_size,
+                                             num_workers=num_workers)
+        chunks: dict[str, list[torch.Tensor]] = {}
+        with torch.no_grad():
+            for pixels, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
+                for k, v in encode(pixels.to(device)).items():
+                    chunks.setdefault(k, []).append(v.float().cpu())
+        return {k: torch.cat(v) for k, v in chunks.items()}
+
+    def image_features(self, backbone, dataset: Dataset, *, patches: bool = False, batch_size: int = 32,
+                       num_workers: int = 0) -> dict[str, torch.Tensor]:
+        """Projected global features (N, D) and, with `patches`, patch tokens (N, P, D) of every sample."""
+
+        def encode(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+            f = backbone.encode_image(pixels, patches=patches)
+            out = {"global": f.global_}
+            if patches:
+                out["patches"] = f.patches
+                out["grid"] = torch.tensor([list(f.grid)] * pixels.shape[0])
+            return out
+
+        return self.get_or_compute(("image", backbone.weights_id(), dataset.fingerprint(), patches),
+                                   dataset.samples, encode, backbone.preprocess, batch_size,
+                                   desc=f"encoding {dataset.name}", device=backbone.device, num_workers=num_workers)

@@ -1,0 +1,68 @@
+"""Training-loop configuration shared by every method (a method overrides with its paper's defaults)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from conceptclip.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 0.002
+    optimizer: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1  # constant warm-up (CoOp/Dassl "constant" warm-up)
+    warmup_lr: float = 1e-5
+    scheduler: str = "cosine"  # cosine | constant
+    seed: int = 1
+    precision: str = "32-true"  # Lightning Fabric precision: 32-true, bf16-mixed, 16-mixed
+    accelerator: str = "auto"  # auto | cpu | cuda
+    devices: int = 1  # >1: DDP through Lightning Fabric
+    select_metric: str = "accuracy"  # validation metric for model selection
+    eval_every: int = 1
+    max_grad_norm: float = 0.0  # 0 = no clipping
+    num_workers: int = 0
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "TrainConfig":
+        values = dict(values or {})
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"train config: unknown option(s) {unknown}; expected some of {sorted(names)}")
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 0, "epochs", "a non-negative integer"),
+            (self.batch_size >= 1, "batch_size", "a positive integer"),
+            (self.lr > 0, "lr", "a positive number"),
+            (self.optimizer in ("sgd", "adamw"), "optimizer", "'sgd' or 'adamw'"),
+            (self.scheduler in ("cosine", "constant"), "scheduler", "'cosine' or 'constant'"),
+            (self.precision in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"), "precision",
+             "one of 32-true, bf16-mixed, 16-mixed, bf16-true"),
+            (self.devices >= 1, "devices", "a positive integer"),
+            (0 <= self.warmup_epochs, "warmup_epochs", "a non-negative integer"),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise ConfigError(f"train config: {name}={getattr(self, name)!r}: expected {expected}")
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of epoch `epoch` (0-based): constant warm-up, then cosine over all epochs."""
+        import math
+
+        if epoch < self.warmup_epochs:
+            return self.warmup_lr
+        if self.scheduler == "constant":
+            return self.lr
+        return 0.5 * self.lr * (1 + math.cos(math.pi * epoch / max(1, self.epochs)))

@@ -1,0 +1,158 @@
+"""One training loop for every method.
+
+Closed-form methods fit on the cached train/val features; gradient methods train their own
+parameters (only those with `requires_grad`) with SGD/AdamW, constant warm-up then cosine, for
+`epochs` epochs, selecting the epoch with the best validation metric. Device, mixed precision and
+DDP come from Lightning Fabric. After every epoch a checkpoint is written atomically; a killed run
+restarted with the same checkpoint path resumes from the last finished epoch and reaches the same
+final weights bit for bit on CPU, because each epoch's randomness is seeded from (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from conceptclip.engine.checkpoint import load_checkpoint, save_checkpoint
+from conceptclip.engine.config import TrainConfig
+from conceptclip.engine.data import Part
+from conceptclip.engine.evaluate import classification_metrics, predict
+from conceptclip.errors import ConfigError
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_score: float | None = None
+    closed_form: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    resumed_from: int | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def make_fabric(cfg: TrainConfig):
+    from lightning.fabric import Fabric
+
+    strategy = "ddp" if cfg.devices > 1 else "auto"
+    return Fabric(accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision, strategy=strategy)
+
+
+def _optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def validation_score(method, val: Part | None, metric: str, device) -> float | None:
+    if val is None or len(val) == 0:
+        return None
+    probs = predict(method, val, device=device)
+    metrics = classification_metrics(probs, val.labels, method.classnames, method.multilabel)
+    if metric not in metrics:
+        raise ConfigError(f"select_metric={metric!r}: expected one of {sorted(k for k in metrics if k != 'n')}")
+    value = metrics[metric]
+    return float("nan") if value is None else float(value)
+
+
+def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: str | Path | None = None,
+        fabric=None, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Fit `method` on `train`, selecting on `val`; resume from `checkpoint` when it exists."""
+    cfg.validate()
+    t0 = time.perf_counter()
+    seed_everything(cfg.seed)
+    fabric = fabric or make_fabric(cfg)
+    result = FitResult()
+    method.to(fabric.device)
+    if train.tensors is not None:
+        result.closed_form = method.fit_closed_form(train.all(), val.all() if val is not None and len(val) else train.all())
+    params = method.trainable_parameters()
+    if not params or cfg.epochs == 0:
+        result.seconds = time.perf_counter() - t0
+        return result
+    if len(train) == 0:
+        raise ConfigError("the train part is empty: nothing to learn from")
+
+    optimizer = _optimizer(params, cfg)
+    model, optimizer = fabric.setup(method, optimizer)
+    start, best_state, best_score = 0, None, None
+    ckpt_path = Path(checkpoint) if checkpoint else None
+    if ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        method.load_learned_state(state["method_state"])
+        if state["optimizer_state"] is not None:
+            optimizer.load_state_dict(state["optimizer_state"])
+        start = state["epoch"] + 1
+        best_state = state["best_state"] or None
+        best_score = state["best_score"]
+        result.history = state["history"]
+        result.resumed_from = state["epoch"]
+
+    bar = tqdm(range(start, cfg.epochs), desc=f"training {method.name}", unit="epoch", leave=False,
+               disable=not cfg.progress or not fabric.is_global_zero, initial=start, total=cfg.epochs)
+    for epoch in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr_at(epoch)
+        seed = epoch_seed(cfg.seed, epoch)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        model.train()
+        sums: dict[str, float] = {}
+        steps = 0
+        for batch in train.batches(cfg.batch_size, shuffle=True, generator=gen, rank=fabric.global_rank,
+                                   world=fabric.world_size):
+            batch = {k: v.to(fabric.device) for k, v in batch.items()}
+            terms = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(terms["loss"])
+            if cfg.max_grad_norm > 0:
+                fabric.clip_gradients(model, optimizer, max_norm=cfg.max_grad_norm)
+            optimizer.step()
+            method.on_train_step_end()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            steps += 1
+        record: dict[str, Any] = {"epoch": epoch, "lr": cfg.lr_at(epoch),
+                                  **{k: v / max(steps, 1) for k, v in sums.items()}}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            score = validation_score(method, val, cfg.select_metric, fabric.device)
+            if score is not None:
+                record[f"val_{cfg.select_metric}"] = score
+                if best_score is None or score > best_score:
+                    best_score = score
+                    best_state = {k: v.detach().clone().cpu() for k, v in method.learned_state().items()}
+                    result.best_epoch = epoch
+        result.history.append(record)
+        bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}",
+                        **({"val": f"{record[f'val_{cfg.select_metric}']:.3f}"} if f"val_{cfg.select_metric}" in record else {}))
+        if on_epoch is not None:
+            on_epoch(record)
+        if ckpt_path is not None and fabric.is_global_zero:
+            save_checkpoint(ckpt_path, method_state=method.learned_state(), optimizer_state=optimizer.state_dict(),
+                            epoch=epoch, best_state=best_state, best_score=best_score, history=result.history)
+        fabric.barrier()
+    bar.close()
+    if best_state is not None:
+        method.load_learned_state({k: v.to(fabric.device) for k, v in best_state.items()})
+        result.best_score = best_score
+        if result.best_epoch is None:  # resumed after the best epoch was found
+            result.best_epoch = max((r for r in result.history if f"val_{cfg.select_metric}" in r),
+                                    key=lambda r: r[f"val_{cfg.select_metric}"])["epoch"]
+    result.seconds = time.perf_counter() - t0
+    return result

@@ -1,0 +1,114 @@
+"""What every method is: an `nn.Module` with a config dataclass (the paper's defaults),
+`logits(batch)`, `loss(batch) -> dict of named terms`, and optionally `fit_closed_form` (training-free
+methods), `concept_scores(batch)` and `explain(batch)`.
+
+A batch is a dict of tensors: "features" (B, D) frozen global image features, "patches" (B, N, D)
+patch tokens, "pixels" (B, 3, S, S), "labels" (B,) class indices or (B, C) multi-hot, "index" (B,).
+A method lists in `inputs` which of these it reads, so the engine can serve cached features
+instead of re-encoding images every step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conceptclip.backbones.base import Backbone
+from conceptclip.errors import ConfigError
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Base of every method config."""
+
+
+def build_config(cls: type, values: dict[str, Any] | None) -> Any:
+    """Instantiate a config dataclass from a dict, with a clear error for unknown or mistyped fields."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown option(s) {unknown}; expected some of {sorted(fields)}")
+    for name, value in values.items():
+        default = getattr(cls, name, None)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{cls.__name__}.{name}={value!r}: expected true/false")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{cls.__name__}.{name}={value!r}: expected a number")
+            if isinstance(default, float):
+                values[name] = float(value)
+    return cls(**values)
+
+
+class Method(nn.Module):
+    """Base class: subclasses set `name`, `Config`, `inputs` and implement `logits`."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = MethodConfig
+    inputs: ClassVar[frozenset[str]] = frozenset({"features"})
+    # paper defaults for the training loop (keys of engine.TrainConfig)
+    train_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, backbone: Backbone, classnames: Sequence[str], config: Any = None, *,
+                 template: str = "a photo of a {}.", multilabel: bool = False, **context: Any) -> None:
+        super().__init__()
+        if config is None or isinstance(config, dict):
+            config = build_config(self.Config, config)
+        self.config = config
+        self.backbone = backbone
+        self.classnames = [c.replace("_", " ") for c in classnames]
+        self.template = template
+        self.multilabel = multilabel
+        self.context = context
+
+    # -- the interface -----------------------------------------------------------------
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Named loss terms; "loss" is the total the engine back-propagates."""
+        ce = self.classification_loss(self.logits(batch), batch["labels"])
+        return {"loss": ce, "ce": ce.detach()}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The training step's loss dict (what DDP wrappers call)."""
+        return self.loss(batch)
+
+    def fit_closed_form(self, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Training-free / closed-form fitting on frozen features (linear probe, Tip-Adapter, ...).
+        Returns what it chose (hyper-parameters) for the results folder. Default: nothing to fit."""
+        return {}
+
+    def on_train_step_end(self) -> None:
+        """Hook after each optimiser step (e.g. EMA, clamping). Default: nothing."""
+
+    # -- helpers -----------------------------------------------------------------------
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.multilabel:
+            return F.binary_cross_entropy_with_logits(logits, labels.float())
+        return F.cross_entropy(logits, labels)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.sigmoid() if self.multilabel else logits.softmax(-1)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def learned_state(self) -> dict[str, torch.Tensor]:
+        """Everything a checkpoint must hold: the state dict without the frozen backbone."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def load_learned_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise ConfigError(f"checkpoint does not fit method {self.name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, "config": dataclasses.asdict(self.config),
+                "trainable_parameters": sum(p.numel() for p in self.trainable_parameters())}

@@ -1,0 +1,49 @@
+"""CoOp: context optimisation (Zhou et al., "Learning to Prompt for Vision-Language Models", IJCV 2022).
+
+Prompt t_i = [V]_1 ... [V]_M [CLASS_i] (Eq. 2), p(y=i|x) = softmax_i(cos(g(t_i), f(x)) / tau) (Eq. 3),
+trained with cross-entropy; only the context vectors [V] learn. The frozen image tower lets the
+engine serve cached image features. The shared mechanics live in `prompts.ContextPrompt`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from conceptclip.methods import register_method
+from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.prompts import ContextPrompt, normalize
+
+
+@dataclass
+class CoOpConfig(MethodConfig):
+    n_ctx: int = 16
+    ctx_init: str = ""  # e.g. "a photo of a"; empty = random N(0, 0.02^2)
+    class_token_position: str = "end"  # end | middle | front
+    class_specific: bool = False  # CSC: one context per class
+    init_std: float = 0.02
+
+
+@register_method("coop")
+class CoOp(Method):
+    Config = CoOpConfig
+    inputs = frozenset({"features"})
+    # CoOp paper: SGD lr 0.002, batch 32, cosine, 1 warm-up epoch at 1e-5; 200 epochs at 16 shots
+    train_defaults = {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 50, "warmup_epochs": 1,
+                      "warmup_lr": 1e-5}
+
+    def __init__(self, backbone, classnames, config=None, **kw) -> None:
+        super().__init__(backbone, classnames, config, **kw)
+        c = self.config
+        self.prompt = ContextPrompt(backbone, self.classnames, n_ctx=c.n_ctx, ctx_init=c.ctx_init or None,
+                                    position=c.class_token_position, class_specific=c.class_specific,
+                                    init_std=c.init_std)
+
+    def text_features(self) -> torch.Tensor:
+        return normalize(self.prompt())
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        text = self.text_features()  # once per step for all classes (Eq. 3 denominator)
+        img = normalize(batch["features"].to(text.dtype))
+        return self.backbone.logit_scale.detach() * img @ text.t()

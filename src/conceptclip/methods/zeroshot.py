@@ -1,0 +1,32 @@
+"""Zero-shot CLIP (Radford et al., ICML 2021): cosine similarity to hand-written class prompts,
+scaled by the backbone's logit scale; several templates are ensembled by averaging features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from conceptclip.methods import register_method
+from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.prompts import class_text_features, normalize
+
+
+@dataclass
+class ZeroShotConfig(MethodConfig):
+    templates: list[str] = field(default_factory=list)  # empty: the dataset's template
+
+
+@register_method("zeroshot")
+class ZeroShot(Method):
+    Config = ZeroShotConfig
+    inputs = frozenset({"features"})
+
+    def __init__(self, backbone, classnames, config=None, **kw) -> None:
+        super().__init__(backbone, classnames, config, **kw)
+        templates = self.config.templates or [self.template]
+        self.register_buffer("text_features", class_text_features(backbone, self.classnames, templates))
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        img = normalize(batch["features"].to(self.text_features.dtype))
+        return self.backbone.logit_scale.detach() * img @ self.text_features.t()
