@@ -120,7 +120,7 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
             batch = {k: v.to(fabric.device) for k, v in batch.items()}
             terms = model(batch)
             optimizer.zero_grad(set_to_none=True)
-            fabric.backward(terms["loss"])
+            method.backward(terms, fabric.backward)
             if cfg.max_grad_norm > 0:
                 fabric.clip_gradients(model, optimizer, max_norm=cfg.max_grad_norm)
             optimizer.step()

@@ -11,7 +11,7 @@ instead of re-encoding images every step.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +83,11 @@ class Method(nn.Module):
         """Training-free / closed-form fitting on frozen features (linear probe, Tip-Adapter, ...).
         Returns what it chose (hyper-parameters) for the results folder. Default: nothing to fit."""
         return {}
+
+    def backward(self, terms: dict[str, torch.Tensor], backward: Callable[[torch.Tensor], None]) -> None:
+        """Turn the loss terms into gradients; `backward` is the engine's (AMP/DDP aware) backward.
+        Default: back-propagate the total. Methods that combine gradients (ProGrad) override this."""
+        backward(terms["loss"])
 
     def on_train_step_end(self) -> None:
         """Hook after each optimiser step (e.g. EMA, clamping). Default: nothing."""
