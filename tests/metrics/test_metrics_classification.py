@@ -164,6 +164,8 @@ def test_f1_binary_and_multilabel():
     assert f1_score(S_ML, Y_ML, average="none").tolist() == pytest.approx([0.8, 2 / 3])
     assert f1_score(S_ML, Y_ML) == pytest.approx(11 / 15)
     assert f1_score(S_ML, Y_ML) == pytest.approx(skm.f1_score(Y_ML, S_ML >= 0.5, average="macro"))
+    # a score equal to the threshold is positive: at 0.6, S_ML[1, 0] = 0.6 stays a (false) positive
+    assert f1_score(S_ML, Y_ML, threshold=0.6, average="none").tolist() == pytest.approx([0.8, 2 / 3])
 
 
 @pytest.mark.parametrize("seed", [3, 4])

@@ -59,8 +59,9 @@ class Decisions:
 
 
 def _load(scores: ArrayLike, targets: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
-    s = as_tensor(scores, "scores")
-    t = as_tensor(targets, "targets")
+    # classification inputs are small (N x C): compute on CPU in float64 whatever their device
+    s = as_tensor(scores, "scores").cpu()
+    t = as_tensor(targets, "targets").cpu()
     check_nonempty(s, "scores")
     if s.ndim not in (1, 2):
         raise ConfigError(f"scores: expected shape (N,) or (N, C), got {shape_str(s.shape)}")

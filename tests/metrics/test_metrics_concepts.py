@@ -1,0 +1,122 @@
+"""DEAL concept metrics: disentanglability, part mIoU, concept-averaged accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import pdist
+from sklearn import metrics as skm
+
+from conceptclip.errors import ConfigError
+from conceptclip.metrics import concept_averaged_accuracy, disentanglability, part_miou
+
+
+def maps_2x2(*rows: list[float]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 2, 2)
+
+
+# ---------------------------------------------------------------- disentanglability
+def test_disentanglability_hand():
+    # p0 = [1,0,0,0], p1 = [0,1,0,0], p2 = [.5,.5,0,0] (normalised to sum 1)
+    # |p0-p1|_1 = 2, |p0-p2|_1 = 1, |p1-p2|_1 = 1 -> mean 4/3
+    a = maps_2x2([1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0])
+    assert disentanglability(a[None]) == pytest.approx(4 / 3)
+    # scale invariant, and negative values are clipped at 0
+    b = maps_2x2([1, -3, 0, 0], [0, 5, 0, 0], [7, 7, 0, -1])
+    assert disentanglability(b[None]) == pytest.approx(4 / 3)
+    # identical maps -> 0 ; batch mean (4/3 + 0) / 2
+    same = maps_2x2([1, 2, 3, 4], [1, 2, 3, 4], [2, 4, 6, 8])
+    per = disentanglability(torch.stack([a, same]), reduction="none")
+    assert per.tolist() == pytest.approx([4 / 3, 0.0])
+    assert disentanglability(torch.stack([a, same])) == pytest.approx(2 / 3)
+
+
+def test_disentanglability_disjoint_maps_reach_2_and_zero_maps_are_skipped():
+    disjoint = maps_2x2([1, 0, 0, 0], [0, 0, 3, 0], [0, 0, 0, 2])
+    assert disentanglability(disjoint[None]) == pytest.approx(2.0)
+    # one all-zero map: only the pair (0, 1) is defined, distance 2
+    with_zero = maps_2x2([1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0])
+    assert disentanglability(with_zero[None]) == pytest.approx(2.0)
+    only_one = maps_2x2([1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0])
+    assert math.isnan(disentanglability(only_one[None], reduction="none")[0])
+
+
+def test_disentanglability_against_scipy_pdist():
+    rng = np.random.default_rng(0)
+    maps = rng.random((4, 5, 6, 7))
+    per = disentanglability(maps, reduction="none")
+    for i in range(4):
+        p = maps[i].reshape(5, -1)
+        p = p / p.sum(1, keepdims=True)
+        assert float(per[i]) == pytest.approx(pdist(p, "cityblock").mean())
+
+
+# ---------------------------------------------------------------- part mIoU
+# image 0: part 0 pred {(0,0),(0,1)} vs mask {(0,0)}        -> I 1, U 2
+#          part 1 pred {(1,1)} vs mask {(1,0),(1,1)}         -> I 1, U 2
+# image 1: part 0 pred {(0,0)} vs mask {(0,0)}               -> I 1, U 1
+#          part 1 pred {(0,0)} vs mask {(1,1)}               -> I 0, U 2
+MAPS = torch.stack([maps_2x2([1, 1, 0, 0], [0, 0, 0, 1]), maps_2x2([1, 0, 0, 0], [1, 0, 0, 0])])
+PARTS = torch.stack([maps_2x2([1, 0, 0, 0], [0, 0, 1, 1]), maps_2x2([1, 0, 0, 0], [0, 0, 0, 1])])
+
+
+def test_part_miou_dataset_and_sample_modes_hand():
+    # dataset: part 0 (1+1)/(2+1) = 2/3 ; part 1 (1+0)/(2+2) = 1/4 -> mIoU 11/24
+    assert part_miou(MAPS, PARTS, average="none").tolist() == pytest.approx([2 / 3, 1 / 4])
+    assert part_miou(MAPS, PARTS) == pytest.approx(11 / 24)
+    # sample: part 0 (1/2 + 1)/2 = 3/4 ; part 1 (1/2 + 0)/2 = 1/4 -> 1/2
+    assert part_miou(MAPS, PARTS, mode="sample") == pytest.approx(0.5)
+
+
+def test_part_miou_valid_mask_hand():
+    valid = torch.tensor([[True, True], [True, False]])  # part 1 not annotated on image 1
+    # dataset: part 0 2/3 ; part 1 1/2 -> 7/12 ; sample: part 0 3/4, part 1 1/2 -> 5/8
+    assert part_miou(MAPS, PARTS, valid=valid) == pytest.approx(7 / 12)
+    assert part_miou(MAPS, PARTS, valid=valid, mode="sample") == pytest.approx(5 / 8)
+
+
+def test_part_miou_dataset_mode_equals_pooled_jaccard():
+    rng = np.random.default_rng(1)
+    maps = torch.tensor(rng.random((5, 3, 4, 4)))
+    parts = torch.tensor(rng.random((5, 3, 8, 8)) < 0.4)
+    per = part_miou(maps, parts, top_fraction=0.3, average="none")
+    from conceptclip.metrics import binarize_maps, resize_maps
+
+    pred = binarize_maps(resize_maps(maps, (8, 8)), top_fraction=0.3)
+    for k in range(3):
+        ref = skm.jaccard_score(parts[:, k].flatten().numpy(), pred[:, k].flatten().numpy())
+        assert float(per[k]) == pytest.approx(ref)
+
+
+# ---------------------------------------------------------------- concept-averaged accuracy
+def test_concept_averaged_accuracy_hand():
+    preds = torch.tensor([[0, 0, 1], [1, 1, 1], [2, 0, 2], [2, 2, 2]])
+    y = torch.tensor([0, 1, 2, 2])
+    # concept 0: [0,1,2,2] all right -> 1 ; concept 1: [0,1,0,2] -> 3/4 ; concept 2: [1,1,2,2] -> 3/4
+    assert concept_averaged_accuracy(preds, y, average="none").tolist() == pytest.approx([1.0, 0.75, 0.75])
+    assert concept_averaged_accuracy(preds, y) == pytest.approx(2.5 / 3)
+    # (N, K, C) scores give the same through argmax
+    scores = torch.nn.functional.one_hot(preds, 3).double() * 0.8 + 0.1
+    assert concept_averaged_accuracy(scores, y) == pytest.approx(2.5 / 3)
+
+
+def test_concept_presence_accuracy_with_threshold():
+    probs = np.array([[0.9, 0.2], [0.4, 0.6], [0.7, 0.1]])
+    present = np.array([[1, 0], [1, 1], [0, 0]])
+    # decisions [[1,0],[0,1],[1,0]]: concept 0 right on rows 0 only -> 1/3 ; concept 1 all right -> 1
+    assert concept_averaged_accuracy(probs, present, average="none").tolist() == pytest.approx([1 / 3, 1.0])
+    assert concept_averaged_accuracy(probs, present) == pytest.approx(2 / 3)
+
+
+def test_concept_metrics_bad_inputs():
+    with pytest.raises(ConfigError, match="maps"):
+        disentanglability(torch.rand(2, 1, 4, 4))  # one concept: no pairs
+    with pytest.raises(ConfigError, match="masks"):
+        part_miou(MAPS, PARTS[:1, :1].expand(3, 1, 2, 2))
+    with pytest.raises(ConfigError, match="valid"):
+        part_miou(MAPS, PARTS, valid=torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ConfigError, match="targets"):
+        concept_averaged_accuracy(torch.zeros(4, 3, dtype=torch.long), torch.zeros(5, dtype=torch.long))
