@@ -88,6 +88,8 @@ def test_grid_bad_inputs():
         rationale_grid(PRED_CLASS[:5], TRUE_CLASS, PRED_R, TRUE_R)
     with pytest.raises(ConfigError, match="pred_rationales"):
         rationale_grid(PRED_CLASS, TRUE_CLASS, PRED_R[:5], TRUE_R[:5])
+    with pytest.raises(ConfigError, match="true_class"):  # label 3 but only 3 class scores
+        rationale_grid(torch.rand(6, 3), TRUE_CLASS + 1, PRED_R, TRUE_R)
     with pytest.raises(ConfigError, match="rule"):
         rationale_grid(PRED_CLASS, TRUE_CLASS, PRED_R, TRUE_R, rule="top1")
     with pytest.raises(ConfigError, match="k"):

@@ -95,7 +95,7 @@ def rationale_grid(
             raise ConfigError("pred_class: expected integer labels (N,) or scores (N, C), got non-integral 1-D values")
         c = int(max(int(pc.max()), int(tc.max()))) + 1 if pc.numel() else 1
     pc = check_labels(pc, "pred_class", c)
-    tc = check_labels(tc, "true_class", max(c, int(tc.max()) + 1))
+    tc = check_labels(tc, "true_class", c)
     pr = as_tensor(pred_rationales, "pred_rationales")
     check_len(pr, "pred_rationales", tc.shape[0], "true_class")
     good_r = right_rationale(pr, true_rationales, rule=rule, k=k)
