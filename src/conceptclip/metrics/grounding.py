@@ -59,9 +59,13 @@ def top_fraction_mask(maps: torch.Tensor, fraction: float) -> torch.Tensor:
     raster order), as a bool tensor of the maps' shape."""
     check_fraction(fraction, "top_fraction")
     flat = maps.reshape(-1, maps.shape[-2] * maps.shape[-1])
-    k = max(1, int(math.floor(fraction * flat.shape[1] + 0.5)))
-    order = torch.argsort(flat, dim=1, descending=True, stable=True)[:, :k]
-    keep = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
+    n = flat.shape[1]
+    k = max(1, int(math.floor(fraction * n + 0.5)))
+    # the k-th largest value by selection (no full sort), then ties at it in raster order
+    kth = torch.kthvalue(flat, n - k + 1, dim=1, keepdim=True).values
+    above = flat > kth
+    tied = flat == kth
+    keep = above | (tied & (tied.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)))
     return keep.reshape(maps.shape)
 
 
@@ -134,11 +138,16 @@ def pointing_game(
     idx = flat_m.argmax(dim=1)
     if tolerance < 1:
         hit = flat_k.gather(1, idx[:, None])[:, 0]
-    else:
-        yy = torch.arange(h, device=m.device).repeat_interleave(w)
-        xx = torch.arange(w, device=m.device).repeat(h)
-        d2 = (yy[None] - (idx // w)[:, None]) ** 2 + (xx[None] - (idx % w)[:, None]) ** 2
-        hit = (flat_k & (d2 <= tolerance**2)).any(dim=1)
+    else:  # look only at the (2r+1)^2 window around each maximum, cut to a disk of radius `tolerance`
+        r = int(math.floor(tolerance))
+        padded = F.pad(k.reshape(-1, h, w), (r, r, r, r))
+        off = torch.arange(2 * r + 1, device=m.device)
+        rows = (idx // w)[:, None] + off[None]  # padded coordinates of rows y-r .. y+r
+        cols = (idx % w)[:, None] + off[None]
+        batch = torch.arange(idx.shape[0], device=m.device)[:, None, None]
+        window = padded[batch, rows[:, :, None], cols[:, None, :]]
+        disk = ((off - r)[:, None] ** 2 + (off - r)[None, :] ** 2) <= tolerance**2
+        hit = (window & disk).flatten(1).any(dim=1)
     out = hit.double()
     out[~flat_k.any(dim=1)] = float("nan")
     return _reduce(out.reshape(lead), reduction)
@@ -168,8 +177,8 @@ def overlap_scores(
 def _overlap(p: torch.Tensor, t: torch.Tensor, reduction: Reduction) -> dict[str, float | torch.Tensor]:
     dims = (-2, -1)
     tp = (p & t).sum(dims).double()
-    fp = (p & ~t).sum(dims).double()
-    fn = (~p & t).sum(dims).double()
+    fp = p.sum(dims).double() - tp
+    fn = t.sum(dims).double() - tp
     scores = {
         "dice": safe_div(2 * tp, 2 * tp + fp + fn),
         "iou": safe_div(tp, tp + fp + fn),
