@@ -349,8 +349,9 @@ def load_bank(path: str | os.PathLike, verify_hash: bool = True) -> ConceptBank:
 
 def save_bank(bank: ConceptBank, path: str | os.PathLike) -> Path:
     """Validate and write atomically; `load_bank(save_bank(b, p))` gives `b` back and the same bytes."""
-    validate_bank(bank)
-    return write_text(path, bank.to_json())
+    text = bank.to_json()
+    bank_from_dict(json.loads(text), file=f"<bank {bank.name}>")  # same checks as loading
+    return write_text(path, text)
 
 
 # ---- merge ------------------------------------------------------------------------------
