@@ -68,11 +68,11 @@ def ph2():
 
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
-    """A class-folder dataset: 3 classes x 6 random 40x40 PNGs, each class with its own mean colour."""
+    """A class-folder dataset: 3 classes x 10 random 40x40 PNGs, each class with its own mean colour."""
     rng = np.random.default_rng(1)
     for c, name in enumerate(["cat", "dog", "fish"]):
         (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(6):
+        for i in range(10):
             arr = np.clip(rng.normal(60 + 70 * c, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(tmp_path / "data" / name / f"{i}.png")
     return tmp_path / "data"

@@ -26,7 +26,7 @@ from conceptclip.data.splits import Split, write_split
 from conceptclip.engine.config import TrainConfig
 from conceptclip.engine.data import build_parts
 from conceptclip.engine.evaluate import classification_metrics, predict
-from conceptclip.engine.trainer import fit, make_fabric
+from conceptclip.engine.trainer import fit, make_fabric, seed_everything
 from conceptclip.errors import ConfigError
 from conceptclip.io import save_tensors, write_json, write_text
 from conceptclip.methods import create_method
@@ -60,10 +60,17 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
     classnames = dataset.classnames
     if split.classes.get("base"):
         classnames = split.classes["base"]
+    seed_everything(int((train_config or {}).get("seed", TrainConfig.seed)))  # parameter init is seeded too
     method = create_method(method_name, backbone, classnames, method_config, template=dataset.template,
                            multilabel=dataset.multilabel, dataset=dataset, **(method_kwargs or {}))
     cfg = TrainConfig.from_dict({**method.train_defaults, **(train_config or {})})
-    config = {"method": method.describe(), "train": dataclasses.asdict(cfg), "backbone": backbone.name,
+    backbone_spec = backbone.name
+    heads = getattr(backbone, "heads_path", None)
+    if heads:  # keep the run self-contained: the aligned lite heads travel with it
+        shutil.copyfile(heads, out / "lite_heads.safetensors")
+        backbone_spec = "lite:lite_heads.safetensors"
+    config = {"method": method.describe(), "train": dataclasses.asdict(cfg), "backbone": backbone_spec,
+              "classnames": list(classnames), "template": dataset.template, "multilabel": dataset.multilabel,
               "backbone_weights": backbone.weights_id(), "dataset": dataset.name,
               "dataset_fingerprint": dataset.fingerprint(), "split_sha256": split.sha256(), "split_kind": split.kind,
               "split_params": split.params}

@@ -1,0 +1,259 @@
+"""`conceptclip` command line: align, train, eval, demo (+ sub-apps of other layers where installed).
+
+Every documented error (ConceptClipError) is printed as one line `error: ...` with exit code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+
+from conceptclip.errors import ConceptClipError, ConfigError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Concept-guided, explainable prompt learning on CLIP-style models.")
+console = Console(stderr=True)
+
+
+def parse_options(items: list[str] | None, what: str) -> dict[str, Any]:
+    """`["n_ctx=8", "ctx_init=a photo of a"]` -> dict, values parsed as JSON where they are JSON."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _dataset(spec: str, root: Optional[str] = None):
+    from conceptclip.data import load_dataset
+
+    kwargs = {"root": root} if root else {}
+    return load_dataset(spec, **kwargs)
+
+
+def _split(dataset, split_file: Optional[Path], shots: int, seed: int, base2novel: bool = False):
+    from conceptclip.data import Split, base2novel_split, fewshot_split, holdout_split
+
+    if split_file is not None:
+        split = Split.load(split_file, dataset)
+        split.check_disjoint()
+        return split
+    pools = holdout_split(dataset)
+    if base2novel:
+        return base2novel_split(dataset, pools, shots, seed)
+    if shots <= 0:
+        return pools
+    return fewshot_split(dataset, pools, shots, seed)
+
+
+@app.command()
+def align(
+    dataset: str = typer.Option("ph2", help="'ph2', a class-folder directory, a .csv or .json manifest"),
+    out: Path = typer.Option(Path("lite_heads.safetensors"), help="where to write the aligned heads"),
+    epochs: int = typer.Option(300, help="training epochs of the heads"),
+    split: Optional[Path] = typer.Option(None, help="split manifest whose 'train' part is used (default: holdout train pool)"),
+) -> None:
+    """Align the `lite` backbone's projection heads contrastively on image-caption pairs."""
+    from conceptclip.backbones.align import AlignConfig, align as run_align
+
+    ds = _dataset(dataset)
+    sp = _split(ds, split, 0, 0)
+    backbone = _lite_unaligned()
+    summary = run_align(backbone, ds, sp.parts["train"], out, AlignConfig(epochs=epochs))
+    console.print(f"aligned on {summary['pairs']} pairs ({summary['unique_captions']} distinct captions): "
+                  f"loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}; heads in {out}")
+    typer.echo(json.dumps(summary))
+
+
+def _lite_unaligned():
+    from conceptclip.backbones.lite import LiteBackbone
+
+    return LiteBackbone().freeze()
+
+
+@app.command()
+def train(
+    method: str = typer.Option(..., "--method", "-m", help="method name (see `conceptclip methods`)"),
+    dataset: str = typer.Option("ph2", help="'ph2', a class-folder directory, a .csv or .json manifest"),
+    backbone: str = typer.Option("lite", help="backbone spec: lite[:HEADS], hf:NAME_OR_DIR, open_clip:NAME, tiny-clip"),
+    out: Path = typer.Option(..., "--out", "-o", help="results folder"),
+    shots: int = typer.Option(16, help="K shots per class (0 = the whole train pool)"),
+    seed: int = typer.Option(1, help="split and training seed"),
+    split: Optional[Path] = typer.Option(None, help="an existing split manifest (overrides --shots/--seed sampling)"),
+    base2novel: bool = typer.Option(False, help="train on base classes, test on base and novel"),
+    option: Optional[List[str]] = typer.Option(None, "--set", help="method option KEY=VALUE (repeatable)"),
+    train_option: Optional[List[str]] = typer.Option(None, "--train", help="training option KEY=VALUE, e.g. epochs=50"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
+    resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
+    overwrite: bool = typer.Option(False, help="replace an existing results folder"),
+) -> None:
+    """Train a method on a split and evaluate it once on the test part."""
+    from conceptclip.backbones import create_backbone
+    from conceptclip.engine import run_experiment
+
+    ds = _dataset(dataset)
+    sp = _split(ds, split, shots, seed, base2novel)
+    tcfg = {"seed": seed, **parse_options(train_option, "--train")}
+    if device:
+        tcfg["accelerator"] = device
+    bb = create_backbone(backbone, device=_device(device))
+    metrics = run_experiment(method, ds, sp, bb, out, method_config=parse_options(option, "--set"),
+                             train_config=tcfg, overwrite=overwrite, resume=resume)
+    _print_metrics({method: metrics})
+    typer.echo(json.dumps({k: v for k, v in metrics.items() if k.startswith("test") or k == "harmonic_mean"}))
+
+
+@app.command("eval")
+def evaluate(
+    run: Path = typer.Argument(..., help="a finished results folder"),
+    dataset: str = typer.Option(..., help="labelled dataset to evaluate on ('ph2', folder, .csv, .json)"),
+    part: str = typer.Option("all", help="'all' images, or a part of --split"),
+    split: Optional[Path] = typer.Option(None, help="split manifest naming the part"),
+    out: Optional[Path] = typer.Option(None, help="write the metrics JSON here"),
+) -> None:
+    """Evaluate a trained run on a (new) labelled dataset."""
+    from conceptclip.data import FeatureCache, Split
+    from conceptclip.engine import classification_metrics, predict
+    from conceptclip.engine.data import build_part
+    from conceptclip.engine.load import load_run
+    from conceptclip.io import write_json
+
+    method, cfg = load_run(run)
+    ds = _dataset(dataset)
+    if [c.lower() for c in ds.classnames] != [c.lower() for c in method.classnames]:
+        raise ConfigError(f"dataset {ds.name!r} classes {ds.classnames} differ from the run's {method.classnames}")
+    ids = [s.id for s in ds.samples] if part == "all" else Split.load(split, ds).parts[part] if split else None
+    if ids is None:
+        raise ConfigError(f"--part {part!r} needs --split FILE")
+    p = build_part(ds, ids, method.inputs, method.backbone, FeatureCache())
+    metrics = classification_metrics(predict(method, p), p.labels, method.classnames, ds.multilabel)
+    if out:
+        write_json(out, metrics)
+    _print_metrics({cfg["method"]["method"]: {"test": metrics}})
+    typer.echo(json.dumps(metrics))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="results folder of the demo"),
+    shots: int = typer.Option(16, help="K shots per class for the few-shot methods"),
+    seeds: List[int] = typer.Option([1, 2, 3], help="seeds (repeat the option)"),
+    epochs: int = typer.Option(50, help="CoOp training epochs"),
+    align_epochs: int = typer.Option(300, help="alignment epochs of the lite heads"),
+    overwrite: bool = typer.Option(False, help="replace an existing demo folder"),
+) -> None:
+    """The main job on the embedded default data and model: align `lite` on the PH2 training pool, train
+    CoOp few-shot, and compare zero-shot, linear probe and CoOp on the held-out PH2 test split."""
+    from conceptclip.demo import run_demo
+
+    summary = run_demo(out, shots=shots, seeds=seeds, epochs=epochs, align_epochs=align_epochs, overwrite=overwrite,
+                       log=console.print)
+    _print_summary(summary)
+
+
+@app.command()
+def methods() -> None:
+    """List the registered methods."""
+    from conceptclip.methods import available_methods
+
+    typer.echo("\n".join(available_methods()))
+
+
+@app.command()
+def backbones() -> None:
+    """List the backbone kinds (spec KIND or KIND:ARG)."""
+    from conceptclip.backbones import available_backbones
+
+    typer.echo("\n".join(available_backbones()))
+
+
+def _device(device: Optional[str]) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    return device
+
+
+def _print_metrics(results: dict[str, dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="test metrics")
+    for col in ("method", "part", "n", "accuracy", "auc_macro", "f1_macro", "ece"):
+        table.add_column(col)
+    for name, m in results.items():
+        for part, v in m.items():
+            if part.startswith("test") and isinstance(v, dict):
+                table.add_row(name, part, str(v["n"]), *(f"{v[k]:.3f}" if v[k] is not None else "-"
+                                                         for k in ("accuracy", "auc_macro", "f1_macro", "ece")))
+    console.print(table)
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"PH2 held-out test ({summary['n_test']} images), mean ± std over seeds {summary['seeds']}")
+    for col in ("method", "melanoma-vs-rest AUC", "3-class accuracy", "macro AUC"):
+        table.add_column(col)
+    for name, row in summary["methods"].items():
+        table.add_row(name, *(f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in ("auc_melanoma", "accuracy", "auc_macro")))
+    console.print(table)
+    console.print(f"demo finished in {summary['seconds']:.0f} s; results in {summary['out']}")
+
+
+def _mount_optional() -> None:
+    """Sub-apps of other layers (knowledge, bench, report, ...), mounted when their module exists."""
+    import importlib
+
+    for module, attr, name in (("conceptclip.knowledge.cli", "concepts_app", "concepts"),
+                               ("conceptclip.bench.cli", "bench_app", "bench"),
+                               ("conceptclip.explain.cli", "explain_app", "explain"),
+                               ("conceptclip.report.cli", "report_app", "report"),
+                               ("conceptclip.web.cli", "serve_app", "serve")):
+        try:
+            sub = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        app.add_typer(sub, name=name)
+
+
+_mount_optional()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except ConceptClipError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as exc:
+        raise exc
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""`conceptclip demo`: the main job on the embedded default data (PH2) and model (`lite`).
+
+1. stratified hold-out pools of PH2 (50% train / 20% val / 30% test), written as a split manifest;
+2. align the `lite` heads on the train pool's image-caption pairs (captions from the annotations);
+3. per seed: a K-shot split, then zero-shot, linear probe and CoOp trained and tested on the
+   held-out test pool;
+4. melanoma-vs-rest AUC, 3-class accuracy and macro AUC, mean ± std over seeds.
+
+Re-running continues: finished runs are reused, an interrupted one resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from conceptclip.io import write_json, write_text
+
+DEMO_METHODS = ("zeroshot", "linear_probe", "coop")
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def run_demo(out: str | Path = "runs/demo", *, shots: int = 16, seeds: Sequence[int] = (1, 2, 3), epochs: int = 50,
+             align_epochs: int = 300, overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
+    import shutil
+
+    from conceptclip.backbones.align import AlignConfig, align
+    from conceptclip.backbones.lite import LiteBackbone
+    from conceptclip.data import FeatureCache, fewshot_split, holdout_split, load_dataset, write_split
+    from conceptclip.engine import run_experiment
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset("ph2")
+    pools = holdout_split(dataset)
+    write_split(pools, out / "pools.json")
+    log(f"PH2: {len(dataset)} images; pools train {len(pools.parts['train'])} / val {len(pools.parts['val'])} / "
+        f"test {len(pools.parts['test'])}")
+
+    heads = out / "lite_heads.safetensors"
+    backbone = LiteBackbone(heads=heads if heads.exists() else None).freeze()
+    cache = FeatureCache()
+    if heads.exists():
+        log(f"reusing aligned heads {heads}")
+    else:
+        log("aligning the lite heads on the train pool ...")
+        s = align(backbone, dataset, pools.parts["train"], heads, AlignConfig(epochs=align_epochs), cache=cache)
+        log(f"aligned: contrastive loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}")
+
+    results: dict[str, list[dict]] = {m: [] for m in DEMO_METHODS}
+    for seed in seeds:
+        split = fewshot_split(dataset, pools, shots, seed)
+        for method in DEMO_METHODS:
+            run_dir = out / f"{method}_seed{seed}"
+            if (run_dir / "metrics.json").exists():
+                metrics = json.loads((run_dir / "metrics.json").read_text())
+            else:
+                log(f"seed {seed}: {method} ...")
+                metrics = run_experiment(method, dataset, split, backbone, run_dir, cache=cache,
+                                         train_config={"seed": seed, "epochs": epochs} if method == "coop" else {"seed": seed},
+                                         resume=run_dir.exists())
+            results[method].append(metrics["test"])
+
+    summary = {"dataset": "ph2", "backbone": "lite", "shots": shots, "seeds": list(seeds), "out": str(out),
+               "n_test": len(pools.parts["test"]), "methods": {}}
+    for method, rows in results.items():
+        summary["methods"][method] = {
+            "auc_melanoma": _mean_std([r["auc_per_class"]["melanoma"] for r in rows]),
+            "accuracy": _mean_std([r["accuracy"] for r in rows]),
+            "auc_macro": _mean_std([r["auc_macro"] for r in rows]),
+        }
+    summary["seconds"] = time.perf_counter() - t0
+    write_json(out / "summary.json", summary)
+    lines = ["| method | melanoma-vs-rest AUC | 3-class accuracy | macro AUC |", "|---|---|---|---|"]
+    for method, row in summary["methods"].items():
+        lines.append(f"| {method} | " + " | ".join(f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}"
+                                                   for k in ("auc_melanoma", "accuracy", "auc_macro")) + " |")
+    write_text(out / "summary.md", "\n".join(lines) + "\n")
+    return summary
