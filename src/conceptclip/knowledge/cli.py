@@ -20,7 +20,7 @@ from conceptclip.errors import ConceptClipError, KnowledgeError
 from conceptclip.io import write_json, write_text
 
 concepts_app = typer.Typer(help="Concept banks: inspect, export, prune, elicit; report triplets.", no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)
 T = TypeVar("T")
 
 
@@ -29,7 +29,7 @@ def _run(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except ConceptClipError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -153,7 +153,10 @@ def prune(banks: List[str] = typer.Argument(..., help="banks to prune"),
     def body() -> None:
         cfg = PruneConfig(near_duplicate_threshold=threshold, outlier_z=z, min_keep=min_keep,
                           near_duplicates=near, outliers=outliers)
-        tab = Table("bank", "before", *REASONS, "after")
+        tab = Table()
+        tab.add_column("bank", no_wrap=True)
+        for header in ("before", *(r.split("_")[0] for r in REASONS), "after"):
+            tab.add_column(header, justify="right")
         totals: Counter = Counter()
         for ref in banks:
             bank = _load(ref)
