@@ -1,5 +1,6 @@
-"""Fixtures for explainer tests: the tiny in-memory CLIP, a CoOp method on it, a small random
-conv net, and a reference Grad-CAM written the plain per-image, per-target way."""
+"""Fixtures for explainer tests: a CoOp method on the tiny in-memory CLIP (`tiny_clip` comes from
+tests/conftest.py), a small random conv net, and a reference Grad-CAM written the plain
+per-image, per-target way."""
 
 from __future__ import annotations
 
@@ -12,14 +13,6 @@ import torch
 from torch import nn
 
 CLASSES = ["melanoma", "nevus", "keratosis"]
-
-
-@pytest.fixture(scope="session")
-def tiny_clip():
-    """`create_backbone("tiny-clip")`: frozen, seed 0. Shared, so tests must not modify it."""
-    from conceptclip.backbones import create_backbone
-
-    return create_backbone("tiny-clip")
 
 
 @pytest.fixture(scope="session")

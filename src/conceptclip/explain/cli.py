@@ -1,0 +1,36 @@
+"""`conceptclip explain RUN IMAGE... --out DIR`: the command-line face of `explain_images`
+(mounted by conceptclip.cli as the `explain` sub-command)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+explain_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                          help="Explain a finished run's predictions on images: overlays (PNG) and scores (JSON).")
+
+
+@explain_app.callback(invoke_without_command=True, context_settings={"allow_interspersed_args": True})
+def explain(
+    run: Path = typer.Argument(..., help="a finished results folder (config.json + model.safetensors)"),
+    images: List[Path] = typer.Argument(..., help="image files to explain"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the overlays, maps.safetensors and scores.json"),
+    explainer: Optional[List[str]] = typer.Option(None, "--explainer", "-e",
+                                                  help="gradcam | similarity | chefer (repeatable; default: all that apply)"),
+    predicted_only: bool = typer.Option(False, "--predicted-only", help="explain only each image's predicted class"),
+    concept: Optional[List[str]] = typer.Option(None, "--concept", "-c", help="a concept prompt to score (repeatable)"),
+    reference: Optional[str] = typer.Option(None, help="reference prompt for MONET-style concept scores"),
+    alpha: float = typer.Option(0.5, help="overlay opacity"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda"),
+) -> None:
+    """Explain RUN's predictions on IMAGES."""
+    from conceptclip.explain.command import explain_images
+
+    doc = explain_images(run, images, out, explainers=explainer or None,
+                         targets="predicted" if predicted_only else "all", concepts=concept or (),
+                         reference=reference, alpha=alpha, device=device)
+    typer.echo(json.dumps({"out": str(out), "images": len(doc["images"]), "explainers": doc["explainers"],
+                           "predictions": {r["image"]: r["prediction"] for r in doc["images"]}}))

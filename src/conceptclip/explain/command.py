@@ -1,0 +1,152 @@
+"""`conceptclip explain`: explain a finished run's predictions on given images.
+
+Loads the run (config.json + model.safetensors, through `engine.load.load_run`), predicts each
+image, computes the maps (Grad-CAM of the method's logits, image–prompt similarity maps, Chefer
+relevance on ViTs) and, given concept prompts, concept scores and concept similarity maps. Writes
+
+    out_dir/
+      NNN_<image>_<explainer>.png   the image and one overlay per target (class or concept)
+      maps.safetensors              the raw maps, key "NNN/<explainer>" -> (T, h, w)
+      scores.json                   per image: prediction, probabilities, target scores, concept scores
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+
+from conceptclip.errors import ConfigError
+from conceptclip.explain.method import gradcam_for, method_forward, method_text_features, relevance_for
+from conceptclip.explain.similarity import concept_scores, similarity_maps
+from conceptclip.explain.targets import PredictedClassTarget, class_targets
+
+EXPLAINERS = ("gradcam", "similarity", "chefer")
+
+
+def available_explainers(method: Any) -> list[str]:
+    """Explainers that apply to this method: Grad-CAM always, similarity maps for prompt methods
+    (class text features), Chefer relevance on ViT backbones."""
+    out = ["gradcam"]
+    try:
+        method_text_features(method)
+        out.append("similarity")
+    except ConfigError:
+        pass
+    if method.backbone.is_vit and method.backbone.explain_layers().get("image_attn"):
+        out.append("chefer")
+    return out
+
+
+def _safe_stem(path: Path) -> str:
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem)
+    return stem[:60] or "image"
+
+
+def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_dir: str | Path, *,
+                   explainers: Sequence[str] | None = None, targets: Literal["all", "predicted"] = "all",
+                   concepts: Sequence[str] = (), reference: str | None = None, alpha: float = 0.5,
+                   batch_size: int = 16, device: str | None = None) -> dict[str, Any]:
+    """Explain the run in `run_dir` on `image_paths`; write overlays, raw maps and scores.json to
+    `out_dir`; return the scores document.
+
+    explainers: any of "gradcam", "similarity", "chefer" (default: every one that applies).
+    targets: "all" classes (one overlay per class) or each image's "predicted" class.
+    concepts: concept prompts (e.g. "a dermoscopy image with blue-whitish veil"): their scores
+        (cosine, or MONET-style against the `reference` prompt) and similarity maps.
+    """
+    from conceptclip.data.images import load_image
+    from conceptclip.engine.load import load_run
+    from conceptclip.explain.maps import center_crop_geometry
+    from conceptclip.io import save_tensors, write_json
+    from conceptclip.prompts import encode_prompts
+    from conceptclip.report.overlay import overlay_panel, save_png
+
+    paths = [Path(p) for p in image_paths]
+    if not paths:
+        raise ConfigError("explain: expected at least one image path")
+    if targets not in ("all", "predicted"):
+        raise ConfigError(f"targets={targets!r}: expected 'all' or 'predicted'")
+    method, cfg = load_run(run_dir, device=device)
+    backbone = method.backbone
+    usable = available_explainers(method)
+    chosen = list(explainers) if explainers else usable
+    for e in chosen:
+        if e not in EXPLAINERS:
+            raise ConfigError(f"explainer {e!r}: expected some of {EXPLAINERS}")
+        if e not in usable:
+            raise ConfigError(f"explainer {e!r} does not apply to method {method.name!r} on backbone "
+                              f"{backbone.name!r} (usable: {usable})")
+    classnames = list(method.classnames)
+    concept_feats = encode_prompts(backbone, list(concepts)) if concepts else None
+    reference_feat = encode_prompts(backbone, [reference])[0] if (reference and concepts) else None
+    if reference and not concepts:
+        raise ConfigError("explain: a reference prompt only makes sense with concept prompts")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    forward = method_forward(method)
+    raw: dict[str, torch.Tensor] = {}
+    records: list[dict[str, Any]] = []
+    scale = float(backbone.logit_scale)
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        images = [load_image(p) for p in chunk]
+        pixels = backbone.preprocess(images).to(backbone.device)
+        with torch.no_grad():
+            out_model = method_forward(method, patches=True)(pixels)
+            probs = method.probabilities(out_model.logits).float().cpu()
+        pred = probs.argmax(1)
+        tgt = class_targets(len(classnames)) if targets == "all" else [PredictedClassTarget()]
+        maps: dict[str, torch.Tensor] = {}
+        target_scores: dict[str, torch.Tensor] = {}
+        if "gradcam" in chosen:
+            res = gradcam_for(backbone, forward).compute(pixels, tgt)
+            maps["gradcam"], target_scores["gradcam"] = res.maps.cpu(), res.scores.cpu()
+        if "chefer" in chosen:
+            res = relevance_for(backbone, forward).compute(pixels, tgt)
+            maps["chefer"], target_scores["chefer"] = res.maps.cpu(), res.scores.cpu()
+        if "similarity" in chosen:
+            with torch.no_grad():
+                sim = similarity_maps(out_model.features, method_text_features(method).to(pixels)).cpu()
+            maps["similarity"] = sim if targets == "all" else sim[torch.arange(len(chunk)), pred][:, None]
+        c_scores = None
+        if concept_feats is not None:
+            with torch.no_grad():
+                cf = concept_feats.to(pixels)
+                maps["concepts"] = similarity_maps(out_model.features, cf).cpu()
+                c_scores = concept_scores(out_model.features, cf, reference_feat.to(pixels) if reference_feat is not None
+                                          else None, scale=scale).cpu()
+        for j, (path, image) in enumerate(zip(chunk, images)):
+            i = start + j
+            key = f"{i:03d}_{_safe_stem(path)}"
+            shown = center_crop_geometry(image, backbone.image_size)
+            p = probs[j]
+            record: dict[str, Any] = {
+                "image": str(path), "key": key, "prediction": classnames[int(pred[j])],
+                "probabilities": {c: float(v) for c, v in zip(classnames, p)}, "overlays": {}, "target_scores": {},
+            }
+            for name, m in maps.items():
+                if name == "concepts":
+                    titles = list(concepts)
+                elif targets == "all":
+                    titles = [f"{c} {float(v):.2f}" for c, v in zip(classnames, p)]
+                else:
+                    titles = [f"predicted: {classnames[int(pred[j])]}"]
+                file = f"{key}_{name}.png"
+                save_png(overlay_panel(shown, m[j], titles, alpha=alpha), out / file)
+                record["overlays"][name] = file
+                raw[f"{key}/{name}"] = m[j].contiguous()
+            for name, s in target_scores.items():
+                names = classnames if targets == "all" else [classnames[int(pred[j])]]
+                record["target_scores"][name] = {c: float(v) for c, v in zip(names, s[j])}
+            if c_scores is not None:
+                record["concept_scores"] = {c: float(v) for c, v in zip(concepts, c_scores[j])}
+            records.append(record)
+    save_tensors(out / "maps.safetensors", raw)
+    doc = {"run": str(run_dir), "method": method.name, "backbone": cfg.get("backbone"), "classnames": classnames,
+           "targets": targets, "explainers": chosen, "concepts": list(concepts), "reference": reference,
+           "concept_score": ("monet" if reference else "cosine") if concepts else None, "images": records}
+    write_json(out / "scores.json", doc)
+    return doc

@@ -1,0 +1,81 @@
+"""Drawing explanation maps: colour a map, blend it over its image, lay several side by side.
+
+Pure PIL + matplotlib colormaps (no pyplot, no display). Maps are min-max normalised per map
+before colouring, so overlays show where a map is high relative to itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from conceptclip.errors import ConfigError
+from conceptclip.io import atomic_write
+
+
+def _as_2d(map2d: torch.Tensor | np.ndarray) -> np.ndarray:
+    m = map2d.detach().float().cpu().numpy() if isinstance(map2d, torch.Tensor) else np.asarray(map2d, dtype=np.float32)
+    if m.ndim != 2 or m.size == 0:
+        raise ConfigError(f"overlay: expected one map of shape (h, w), got {m.shape}")
+    if not np.isfinite(m).all():
+        raise ConfigError("overlay: the map has NaN or inf values")
+    return m.astype(np.float32)
+
+
+def normalize01(map2d: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Min-max normalise one map to [0, 1] (a constant map becomes zeros)."""
+    m = _as_2d(map2d)
+    lo, hi = float(m.min()), float(m.max())
+    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+
+
+def colorize(map2d: torch.Tensor | np.ndarray, size: tuple[int, int] | None = None, cmap: str = "jet") -> Image.Image:
+    """RGB image of a map: normalised to [0, 1], resized bilinearly to `size` (W, H), coloured."""
+    from matplotlib import colormaps
+
+    m = normalize01(map2d)
+    if size is not None and (m.shape[1], m.shape[0]) != tuple(size):
+        m = np.asarray(Image.fromarray(m, mode="F").resize(tuple(size), Image.BILINEAR), dtype=np.float32)
+    try:
+        colours = colormaps[cmap](np.clip(m, 0.0, 1.0))[..., :3]
+    except KeyError:
+        raise ConfigError(f"cmap={cmap!r}: not a matplotlib colormap name") from None
+    return Image.fromarray((colours * 255 + 0.5).astype(np.uint8), mode="RGB")
+
+
+def overlay(image: Image.Image, map2d: torch.Tensor | np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
+    """`(1 - alpha) * image + alpha * colorize(map)`, the map resized to the image."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha={alpha}: expected a blend weight in [0, 1]")
+    base = image.convert("RGB")
+    return Image.blend(base, colorize(map2d, base.size, cmap), alpha)
+
+
+def overlay_panel(image: Image.Image, maps: torch.Tensor | np.ndarray, titles: Sequence[str] | None = None,
+                  alpha: float = 0.5, cmap: str = "jet", pad: int = 4, title_height: int = 14) -> Image.Image:
+    """The image followed by one overlay per map (T, h, w), side by side, each with its title."""
+    maps = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
+    if maps.dim() != 3:
+        raise ConfigError(f"overlay_panel: expected maps (T, h, w), got {tuple(maps.shape)}")
+    titles = list(titles) if titles is not None else [str(i) for i in range(maps.shape[0])]
+    if len(titles) != maps.shape[0]:
+        raise ConfigError(f"overlay_panel: {len(titles)} titles for {maps.shape[0]} maps")
+    base = image.convert("RGB")
+    tiles = [(base, "image")] + [(overlay(base, m, alpha, cmap), t) for m, t in zip(maps, titles)]
+    w, h = base.size
+    canvas = Image.new("RGB", (len(tiles) * (w + pad) + pad, h + title_height + 2 * pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (tile, title) in enumerate(tiles):
+        x = pad + i * (w + pad)
+        canvas.paste(tile, (x, pad + title_height))
+        draw.text((x, pad), title[: max(4, w // 6)], fill="black")
+    return canvas
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write a PNG atomically."""
+    return atomic_write(path, lambda p: image.save(p, format="PNG"))

@@ -1,0 +1,137 @@
+"""`explain_images` / `conceptclip explain` on a real (tiny) results folder, and the overlay drawing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conceptclip.errors import CheckpointError, ConfigError
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A CoOp run on tiny-clip over 3 classes x 10 random images (2 epochs)."""
+    from conceptclip.backbones import create_backbone
+    from conceptclip.data import fewshot_split, from_folder, holdout_split
+    from conceptclip.engine import run_experiment
+
+    root = tmp_path_factory.mktemp("explain_run")
+    rng = np.random.default_rng(1)
+    for c, name in enumerate(["cat", "dog", "fish"]):
+        (root / "data" / name).mkdir(parents=True)
+        for i in range(10):
+            arr = np.clip(rng.normal(60 + 70 * c, 20, (40, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / "data" / name / f"{i}.png")
+    ds = from_folder(root / "data")
+    split = fewshot_split(ds, holdout_split(ds), 2, 1)
+    run_experiment("coop", ds, split, create_backbone("tiny-clip"), root / "run", method_config={"n_ctx": 2},
+                   train_config={"epochs": 2, "progress": False})
+    return root / "run"
+
+
+@pytest.fixture
+def images(run_dir):
+    data = run_dir.parent / "data"
+    return [data / "cat" / "0.png", data / "fish" / "3.png", data / "dog" / "7.png"]
+
+
+def test_explain_images_writes_overlays_maps_and_scores(run_dir, images, tmp_path):
+    from conceptclip.engine.load import load_run
+    from conceptclip.explain import explain_method, method_similarity_maps
+    from conceptclip.explain.command import explain_images
+    from conceptclip.io import load_tensors
+
+    out = tmp_path / "explained"
+    doc = explain_images(run_dir, images, out)
+    assert doc["explainers"] == ["gradcam", "similarity", "chefer"]
+    assert doc["classnames"] == ["cat", "dog", "fish"]
+    method, _ = load_run(run_dir)
+    pixels = method.backbone.preprocess([Image.open(p).convert("RGB") for p in images])
+    with torch.no_grad():
+        probs = method.probabilities(method.logits({"features": method.backbone.encode_image(pixels).global_}))
+    on_disk = json.loads((out / "scores.json").read_text())
+    assert on_disk == doc
+    raw = load_tensors(out / "maps.safetensors")
+    gradcam = explain_method(method, pixels).maps
+    chefer = explain_method(method, pixels, explainer="chefer").maps
+    sim = method_similarity_maps(method, pixels)
+    for i, rec in enumerate(doc["images"]):
+        assert rec["image"] == str(images[i])
+        got = torch.tensor([rec["probabilities"][c] for c in doc["classnames"]])
+        assert torch.allclose(got, probs[i], atol=1e-5)
+        assert rec["prediction"] == doc["classnames"][int(probs[i].argmax())]
+        for name, ref in (("gradcam", gradcam), ("chefer", chefer), ("similarity", sim)):
+            assert torch.allclose(raw[f"{rec['key']}/{name}"], ref[i], atol=1e-5)
+            png = Image.open(out / rec["overlays"][name])
+            assert png.size == (4 * (32 + 4) + 4, 32 + 14 + 8)  # image + 3 class overlays
+    assert doc["images"][1]["key"] == "001_3"
+
+
+def test_predicted_class_and_concept_scores(run_dir, images, tmp_path):
+    from conceptclip.engine.load import load_run
+    from conceptclip.explain import concept_scores
+    from conceptclip.explain.command import explain_images
+    from conceptclip.prompts import encode_prompts
+
+    concepts = ["a photo of a dark cat.", "a photo of white fish."]
+    doc = explain_images(run_dir, images[:2], tmp_path / "o", explainers=["gradcam"], targets="predicted",
+                         concepts=concepts, reference="a photo.")
+    assert doc["concept_score"] == "monet"
+    method, _ = load_run(run_dir)
+    bb = method.backbone
+    feats = bb.encode_image(bb.preprocess([Image.open(p).convert("RGB") for p in images[:2]]))
+    expected = concept_scores(feats, encode_prompts(bb, concepts), encode_prompts(bb, ["a photo."])[0],
+                              scale=float(bb.logit_scale))
+    for i, rec in enumerate(doc["images"]):
+        assert list(rec["overlays"]) == ["gradcam", "concepts"]
+        assert list(rec["target_scores"]["gradcam"]) == [rec["prediction"]]
+        got = torch.tensor([rec["concept_scores"][c] for c in concepts])
+        assert torch.allclose(got, expected[i].detach(), atol=1e-5)
+        assert Image.open(tmp_path / "o" / rec["overlays"]["gradcam"]).size == (2 * 36 + 4, 54)
+
+
+def test_cli_and_errors(run_dir, images, tmp_path):
+    from typer.testing import CliRunner
+
+    from conceptclip.explain.cli import explain_app
+    from conceptclip.explain.command import explain_images
+
+    res = CliRunner().invoke(explain_app, [str(run_dir), str(images[0]), "--out", str(tmp_path / "c"),
+                                           "-e", "gradcam", "--predicted-only"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert summary["images"] == 1 and summary["explainers"] == ["gradcam"]
+    assert (tmp_path / "c" / "000_0_gradcam.png").is_file()
+    with pytest.raises(ConfigError, match="explainer 'lime'"):
+        explain_images(run_dir, images, tmp_path / "x", explainers=["lime"])
+    with pytest.raises(ConfigError, match="at least one image"):
+        explain_images(run_dir, [], tmp_path / "x")
+    with pytest.raises(CheckpointError, match="config.json missing"):
+        explain_images(tmp_path, images, tmp_path / "x")
+
+
+# -- overlay drawing -------------------------------------------------------------------------
+
+
+def test_overlay_blends_a_colormap_over_the_image():
+    from conceptclip.report.overlay import colorize, normalize01, overlay, overlay_panel
+
+    image = Image.new("RGB", (8, 4), (200, 100, 50))
+    ramp = torch.tensor([[0.0, 1.0], [2.0, 4.0]])
+    assert np.allclose(normalize01(ramp), [[0, 0.25], [0.5, 1.0]])
+    colour = colorize(ramp)
+    # jet(0) = (0, 0, 0.5) and jet(1) = (0.5, 0, 0): the minimum is dark blue, the maximum dark red
+    assert colour.getpixel((0, 0)) == (0, 0, 128) and colour.getpixel((1, 1)) == (128, 0, 0)
+    assert overlay(image, ramp, alpha=0.0).tobytes() == image.tobytes()
+    assert overlay(image, ramp, alpha=1.0).tobytes() == colorize(ramp, (8, 4)).tobytes()
+    half = overlay(Image.new("RGB", (2, 2), (200, 100, 50)), torch.zeros(2, 2), alpha=0.5)
+    assert half.getpixel((0, 0)) == (100, 50, 89)  # constant map -> jet(0): (200+0)/2, (100+0)/2, (50+128)/2
+    assert overlay_panel(image, torch.rand(2, 2, 2), ["a", "b"]).size == (3 * 12 + 4, 4 + 14 + 8)
+    with pytest.raises(ConfigError, match="alpha"):
+        overlay(image, ramp, alpha=2.0)
+    with pytest.raises(ConfigError, match="NaN"):
+        colorize(torch.tensor([[float("nan"), 0.0]]))
