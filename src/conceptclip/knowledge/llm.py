@@ -11,6 +11,7 @@ waits `backoff_s * backoff_factor**k`); other HTTP errors and malformed response
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -157,8 +158,8 @@ class ChatClient:
                 else:
                     last_error = f"connection failed ({exc.reason})"
                 continue
-            except (ConnectionError, OSError) as exc:  # e.g. reset by peer mid-read
-                last_error = f"connection failed ({exc})"
+            except (OSError, http.client.HTTPException) as exc:  # reset by peer, bad status line, ...
+                last_error = f"connection failed ({type(exc).__name__}: {exc})"
                 continue
             return _answer_text(raw, self.url)
         raise KnowledgeError(f"{self.url}: no answer after {attempts} attempt(s): {last_error}")

@@ -143,8 +143,8 @@ def _graph_concepts(cname: str, graph: Any, path: Path) -> list[Concept]:
     labels = {n["id"]: n.get("label", n["id"]) for n in graph["nodes"] if isinstance(n, dict) and "id" in n}
     edges = []
     for i, e in enumerate(graph["edges"]):
-        target = e.get("target", e.get("taget"))  # one edge in the source spells the key "taget"
-        if not isinstance(e, dict) or "source" not in e or target is None:
+        target = e.get("target", e.get("taget")) if isinstance(e, dict) else None  # one edge spells it "taget"
+        if target is None or "source" not in e:
             raise KnowledgeError(f"{path}: $[{json.dumps(cname)}].edges[{i}]: expected source/target/relation")
         edges.append((e["source"], e.get("relation", "has"), target))
     targets = {t for _, _, t in edges}

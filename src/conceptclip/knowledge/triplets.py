@@ -165,10 +165,10 @@ class _Sentence:
         return words <= max_words
 
     def _side_after(self, m: _Mention, within: int = 3) -> str | None:
+        """A side-only mention ("on the right", "bilaterally") at most `within` copula/adverb words after m."""
+        allowed = V.PREDICATE_GAP | {"the", "seen", "noted", "present", "-"}
         for s in self.sides:
-            if m.te <= s.ts <= m.te + within and self._gap_ok(m.te, s.ts, within, allowed=set(V.PREDICATE_GAP) | {"the"}):
-                return s.value
-            if m.te <= s.ts and s.surface.startswith("on the") and s.ts <= m.te + within:
+            if m.te <= s.ts <= m.te + within and all(self.words[i] in allowed for i in range(m.te, s.ts)):
                 return s.value
         return None
 
