@@ -1,0 +1,168 @@
+"""`conceptclip bench fewshot|base2novel`: the CoOp-family protocols as one command each.
+
+    conceptclip bench fewshot --dataset ph2 --methods coop cocoop biomedcoop --shots 1 2 4 8 16 --seeds 1 2 3
+    conceptclip bench base2novel --dataset FOLDER --shots 16 --seeds 1 2 3
+
+List options take several values after one flag (as above) or the flag repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from typer.core import TyperCommand
+
+from conceptclip.errors import ConfigError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+LIST_OPTIONS = ("--methods", "--shots", "--seeds")
+
+
+class _ListOptionsCommand(TyperCommand):
+    """Lets `--shots 1 2 4` mean `--shots 1 --shots 2 --shots 4` for the list options."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        out: list[str] = []
+        current, has_value = None, False
+        for a in args:
+            if a.startswith("-") and not a.lstrip("-").isdigit():
+                name = a.split("=", 1)[0]
+                current = name if name in LIST_OPTIONS else None
+                has_value = "=" in a
+                out.append(a)
+            elif current is not None and has_value:
+                out += [current, a]
+            else:
+                out.append(a)
+                has_value = current is not None
+        return super().parse_args(ctx, out)
+
+
+bench_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                        help="Few-shot and base-to-novel protocols over many methods, shots and seeds.")
+
+
+def _method_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """["biomedcoop.lambda_sccm=10", ...] -> {"biomedcoop": {"lambda_sccm": 10}} (values parsed as JSON)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.strip().partition(".")
+        if not sep or not dot or not method or not name:
+            raise ConfigError(f"--set {item!r}: expected METHOD.KEY=VALUE, e.g. biomedcoop.tau=2.0")
+        try:
+            out.setdefault(method, {})[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out.setdefault(method, {})[name] = value
+    return out
+
+
+def _epochs(items: list[str] | None) -> dict[str, int]:
+    """["coop=20", "cocoop=5"] -> {"coop": 20, "cocoop": 5}."""
+    out: dict[str, int] = {}
+    for item in items or []:
+        method, sep, value = item.partition("=")
+        if not sep or not method.strip() or not value.strip().isdigit():
+            raise ConfigError(f"--epochs {item!r}: expected METHOD=N with N a non-negative integer, e.g. coop=20")
+        out[method.strip()] = int(value)
+    return out
+
+
+def _train_options(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--train {item!r}: expected KEY=VALUE, e.g. epochs=20")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _run(protocol: str, dataset: str, methods: list[str] | None, shots: list[int], seeds: list[int], out: Path,
+         backbone: str, max_epochs: Optional[int], epochs: list[str] | None, option: list[str] | None,
+         train_option: list[str] | None, device: Optional[str], align_epochs: int, overwrite: bool, threads: int,
+         default_methods: tuple[str, ...]) -> None:
+    from conceptclip.bench.protocol import run_protocol
+    from conceptclip.bench.table import write_tables
+
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    records = run_protocol(protocol, dataset, list(methods or default_methods), list(shots), list(seeds), out,
+                           backbone=backbone, max_epochs=max_epochs, epochs=_epochs(epochs),
+                           method_overrides=_method_overrides(option),
+                           train_options=_train_options(train_option), device=device, align_epochs=align_epochs,
+                           overwrite=overwrite, log=lambda s: typer.echo(s, err=True))
+    title = f"{dataset if dataset == 'ph2' else Path(dataset).name} / {backbone}"
+    paths = write_tables(protocol, records, out, title=title)
+    typer.echo(paths["md"].read_text(encoding="utf-8"))
+    typer.echo(f"tables: {paths['csv']}, {paths['md']}, {paths['png']}; per run: {paths['runs_csv']}", err=True)
+
+
+_DATASET = typer.Option("ph2", help="'ph2', a class-folder directory, a .csv or .json manifest")
+_BACKBONE = typer.Option("lite", help="backbone spec; plain 'lite' aligns its heads once on the train pool")
+_MAX_EPOCHS = typer.Option(None, help="cap every gradient method's paper epochs at this number")
+_EPOCHS = typer.Option(None, "--epochs", help="epochs of one method, METHOD=N (repeatable; beats --max-epochs)")
+_THREADS = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is fastest on a busy machine)")
+_SET = typer.Option(None, "--set", help="method option METHOD.KEY=VALUE (repeatable)")
+_TRAIN = typer.Option(None, "--train", help="training option KEY=VALUE for every method (repeatable)")
+_DEVICE = typer.Option(None, help="cpu | cuda (default: cuda when available)")
+_ALIGN = typer.Option(300, help="epochs of the lite head alignment")
+_OVERWRITE = typer.Option(False, help="delete this protocol's earlier runs in --out first")
+
+
+@bench_app.command(cls=_ListOptionsCommand)
+def fewshot(
+    dataset: str = _DATASET,
+    methods: Optional[List[str]] = typer.Option(None, help="methods (default: BiomedCoOp's comparison suite)"),
+    shots: List[int] = typer.Option([1, 2, 4, 8, 16], help="K shots per class"),
+    seeds: List[int] = typer.Option([1, 2, 3], help="split and training seeds"),
+    out: Path = typer.Option(Path("runs/bench"), "--out", "-o", help="output folder (reruns continue it)"),
+    backbone: str = _BACKBONE,
+    max_epochs: Optional[int] = _MAX_EPOCHS,
+    epochs: Optional[List[str]] = _EPOCHS,
+    option: Optional[List[str]] = _SET,
+    train_option: Optional[List[str]] = _TRAIN,
+    device: Optional[str] = _DEVICE,
+    align_epochs: int = _ALIGN,
+    overwrite: bool = _OVERWRITE,
+    threads: int = _THREADS,
+) -> None:
+    """Few-shot protocol: every method x K x seed, then the mean ± std table (CSV, Markdown, PNG)."""
+    from conceptclip.bench.presets import FEWSHOT_METHODS
+
+    _run("fewshot", dataset, methods, shots, seeds, out, backbone, max_epochs, epochs, option, train_option, device,
+         align_epochs, overwrite, threads, FEWSHOT_METHODS)
+
+
+@bench_app.command(cls=_ListOptionsCommand)
+def base2novel(
+    dataset: str = _DATASET,
+    methods: Optional[List[str]] = typer.Option(None, help="methods (default: the prompt learners)"),
+    shots: List[int] = typer.Option([16], help="K shots per base class"),
+    seeds: List[int] = typer.Option([1, 2, 3], help="split and training seeds"),
+    out: Path = typer.Option(Path("runs/bench"), "--out", "-o", help="output folder (reruns continue it)"),
+    backbone: str = _BACKBONE,
+    max_epochs: Optional[int] = _MAX_EPOCHS,
+    epochs: Optional[List[str]] = _EPOCHS,
+    option: Optional[List[str]] = _SET,
+    train_option: Optional[List[str]] = _TRAIN,
+    device: Optional[str] = _DEVICE,
+    align_epochs: int = _ALIGN,
+    overwrite: bool = _OVERWRITE,
+    threads: int = _THREADS,
+) -> None:
+    """Base-to-novel protocol: train on the base half of the classes, test on base and novel; H per method."""
+    from conceptclip.bench.presets import BASE2NOVEL_METHODS
+
+    _run("base2novel", dataset, methods, shots, seeds, out, backbone, max_epochs, epochs, option, train_option, device,
+         align_epochs, overwrite, threads, BASE2NOVEL_METHODS)

@@ -1,0 +1,133 @@
+"""Tip-Adapter / Tip-Adapter-F: the cache logits alpha * exp(-beta (1 - f K^T)) V added to zero-shot
+CLIP (Zhang et al., ECCV 2022), alpha and beta searched on validation only."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conceptclip.data import Dataset, Sample, fewshot_split, from_folder, holdout_split
+from conceptclip.engine import run_experiment
+from conceptclip.methods import create_method
+from conceptclip.methods.tip_adapter import search_alpha_beta, search_grid
+from conceptclip.prompts import normalize
+from conceptclip.prompts.adapters import cache_affinity, cache_logits
+
+
+def test_cache_logits_hand_computed():
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    values = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    f = torch.tensor([[1.0, 0.0]])
+    # affinities (1, 0, 0.6) -> exp(-2 (1 - a)) = (1, e^-2, e^-0.8); class 0: 1, class 1: e^-2 + e^-0.8
+    out = cache_logits(f, keys, values, beta=2.0)
+    torch.testing.assert_close(out, torch.tensor([[1.0, math.exp(-2) + math.exp(-0.8)]]))
+    assert float(cache_affinity(torch.tensor(1.0), 5.5)) == 1.0
+    assert cache_logits(f, keys[:0], values[:0], 2.0).shape == (1, 2)  # empty cache -> zeros
+
+
+def test_reference_search_grid():
+    g = search_grid(7.0, 200)
+    assert len(g) == 200 and abs(float(g[0]) - 0.1) < 1e-12
+    assert abs(float(g[1]) - (0.1 + 6.9 / 200)) < 1e-12 and float(g[-1]) < 7.0
+    a = search_grid(3.0, 20)
+    assert abs(float(a[-1]) - (0.1 + 19 * 2.9 / 20)) < 1e-12
+
+
+def test_search_maximises_val_accuracy_then_minimises_val_ce():
+    gen = torch.Generator().manual_seed(0)
+    zs = torch.randn(10, 3, generator=gen)
+    aff = torch.rand(10, 6, generator=gen) * 2 - 1
+    values = F.one_hot(torch.tensor([0, 1, 2, 0, 1, 2]), 3).float()
+    labels = torch.randint(0, 3, (10,), generator=gen)
+    alphas, betas = torch.tensor([0.5, 1.0, 4.0]), torch.tensor([1.0, 3.0, 8.0])
+    best = None
+    for b in betas.tolist():  # brute force, written out independently
+        for a in alphas.tolist():
+            logits = zs + a * torch.exp(-b * (1 - aff)) @ values
+            key = ((logits.argmax(1) == labels).float().mean().item(), -F.cross_entropy(logits, labels).item())
+            if best is None or key > best[0]:
+                best = (key, a, b)
+    got = search_alpha_beta(zs, aff, values, labels, alphas, betas)
+    assert (got["alpha"], got["beta"]) == (best[1], best[2])
+    assert abs(got["val_accuracy"] - best[0][0]) < 1e-6
+
+
+def test_logits_are_zero_shot_plus_alpha_cache(tiny_clip, classes, batch):
+    method = create_method("tip_adapter", tiny_clip, classes)
+    train = {k: v[:9] for k, v in batch.items()}
+    val = {k: v[9:] for k, v in batch.items()}
+    chosen = method.fit_closed_form(train, val)
+    assert chosen["cache_size"] == 9 and 0.1 <= chosen["alpha"] < 3.0 and 0.1 <= chosen["beta"] < 7.0
+    zs = create_method("zeroshot", tiny_clip, classes).logits(val)
+    keys = normalize(train["features"])
+    expected = zs + chosen["alpha"] * torch.exp(-chosen["beta"] * (1 - normalize(val["features"]) @ keys.t())) \
+        @ F.one_hot(train["labels"], 3).float()
+    torch.testing.assert_close(method.logits(val), expected, rtol=1e-5, atol=1e-5)
+
+
+class _NoLabels(dict):
+    def __getitem__(self, key):
+        if key == "labels":
+            raise AssertionError("test labels were read")
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        if key == "labels":
+            raise AssertionError("test labels were read")
+        return super().get(key, default)
+
+
+@pytest.mark.parametrize("name", ["tip_adapter", "tip_adapter_f"])
+def test_prediction_never_reads_labels(name, tiny_clip, classes, batch):
+    method = create_method(name, tiny_clip, classes)
+    method.fit_closed_form({k: v[:6] for k, v in batch.items()}, {k: v[6:] for k, v in batch.items()})
+    logits = method.logits(_NoLabels(features=batch["features"], labels=batch["labels"]))
+    assert logits.shape == (12, 3)
+
+
+def _folder(tmp_path, n_per_class=10):
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["melanoma", "nevus", "keratosis"]):
+        (tmp_path / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            arr = np.clip(rng.normal(50 + 70 * c, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(tmp_path / name / f"{i}.png")
+    return from_folder(tmp_path, name="toy")
+
+
+def test_hyperparameters_come_from_validation_only(tmp_path, tiny_clip):
+    """Poisoned test labels change nothing that fitting chose: same alpha/beta, same test probabilities."""
+    clean = _folder(tmp_path / "data")
+    split = fewshot_split(clean, holdout_split(clean), shots=2, seed=1)
+    test_ids = set(split.parts["test"])
+    poisoned = Dataset(clean.name, clean.classnames,
+                       [Sample(s.id, s.path, label=(s.label + 1) % 3) if s.id in test_ids else s for s in clean.samples],
+                       template=clean.template, root=clean.root)
+    a = run_experiment("tip_adapter", clean, split, tiny_clip, tmp_path / "clean")
+    b = run_experiment("tip_adapter", poisoned, split, tiny_clip, tmp_path / "poisoned")
+    assert a["closed_form"] == b["closed_form"]
+    assert a["test"]["accuracy"] != b["test"]["accuracy"]  # the poison is real
+    probs = [[line.split(",")[3:] for line in (tmp_path / d / "predictions.csv").read_text().splitlines()[1:]]
+             for d in ("clean", "poisoned")]
+    assert probs[0] == probs[1]
+
+
+def test_tip_adapter_f_fine_tunes_keys_only_and_reloads(tiny_clip, classes, batch):
+    method = create_method("tip_adapter_f", tiny_clip, classes)
+    method.fit_closed_form(batch, batch)
+    keys0, values0 = method.cache_keys.detach().clone(), method.cache_values.clone()
+    opt = torch.optim.SGD(method.trainable_parameters(), lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        method.loss(batch)["loss"].backward()
+        opt.step()
+    assert not torch.allclose(method.cache_keys, keys0)
+    assert torch.equal(method.cache_values, values0)
+    fresh = create_method("tip_adapter_f", tiny_clip, classes)
+    fresh.load_learned_state(method.learned_state())
+    torch.testing.assert_close(fresh.logits(batch), method.logits(batch))
