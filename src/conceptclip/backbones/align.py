@@ -115,7 +115,7 @@ def align(backbone: LiteBackbone, dataset: Dataset, ids: Sequence[str], out: str
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         sched.step()
         history.append(total / n)
     for p in params:
