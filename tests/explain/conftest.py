@@ -27,7 +27,7 @@ def tiny_coop(tiny_clip):
 
 @pytest.fixture
 def pixels() -> torch.Tensor:
-    return torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
 class SmallConvNet(nn.Module):

@@ -132,7 +132,7 @@ def _vit_reference(reference_gradcam, bb, method, x: torch.Tensor, n_targets: in
 def test_vit_method_equals_per_image_reference(tiny_clip, tiny_coop, pixels, reference_gradcam):
     result = explain_method(tiny_coop, pixels)  # every class, Grad-CAM at the last block's input
     ref = _vit_reference(reference_gradcam, tiny_clip, tiny_coop, pixels, 3)
-    assert result.maps.shape == (5, 3, 4, 4)
+    assert result.maps.shape == (4, 3, 4, 4)
     assert (result.maps - ref).abs().max() < 1e-5
     assert result.maps.amax() > 0
     with torch.no_grad():
@@ -218,6 +218,6 @@ def test_create_graph_reaches_coop_context_through_frozen_vit(tiny_clip, tiny_co
 
 def test_method_forward_passes_patches_only_when_read(tiny_coop, pixels):
     out = method_forward(tiny_coop)(pixels)
-    assert isinstance(out, ModelOutput) and out.logits.shape == (5, 3)
+    assert isinstance(out, ModelOutput) and out.logits.shape == (4, 3)
     assert out.features.patches is None
-    assert method_forward(tiny_coop, patches=True)(pixels).features.patches.shape == (5, 16, 16)
+    assert method_forward(tiny_coop, patches=True)(pixels).features.patches.shape == (4, 16, 16)

@@ -53,7 +53,7 @@ def test_prompt_similarity_maps_of_a_method(tiny_clip, tiny_coop, pixels):
     text = tiny_coop.text_features().detach()
     # patch (row 1, col 2) = token 1 * 4 + 2 = 6 of image 3 against class 2
     expected = torch.nn.functional.cosine_similarity(feats.patches[3, 6], text[2], dim=0)
-    assert maps.shape == (5, 3, 4, 4)
+    assert maps.shape == (4, 3, 4, 4)
     assert torch.allclose(maps[3, 2, 1, 2], expected, atol=1e-6)
 
 
