@@ -224,6 +224,7 @@ def _mount_optional() -> None:
     for module, attr, name in (("conceptclip.knowledge.cli", "concepts_app", "concepts"),
                                ("conceptclip.bench.cli", "bench_app", "bench"),
                                ("conceptclip.explain.cli", "explain_app", "explain"),
+                               ("conceptclip.rctpl.cli", "rctpl_app", "rctpl"),
                                ("conceptclip.report.cli", "report_app", "report"),
                                ("conceptclip.web.cli", "serve_app", "serve")):
         try:
