@@ -89,7 +89,7 @@ def _train_options(items: list[str] | None) -> dict[str, Any]:
 def _run(protocol: str, dataset: str, methods: list[str] | None, shots: list[int], seeds: list[int], out: Path,
          backbone: str, max_epochs: Optional[int], epochs: list[str] | None, option: list[str] | None,
          train_option: list[str] | None, device: Optional[str], align_epochs: int, overwrite: bool, threads: int,
-         default_methods: tuple[str, ...]) -> None:
+         selection: str, default_methods: tuple[str, ...]) -> None:
     from conceptclip.bench.protocol import run_protocol
     from conceptclip.bench.table import write_tables
 
@@ -98,7 +98,7 @@ def _run(protocol: str, dataset: str, methods: list[str] | None, shots: list[int
 
         torch.set_num_threads(threads)
     records = run_protocol(protocol, dataset, list(methods or default_methods), list(shots), list(seeds), out,
-                           backbone=backbone, max_epochs=max_epochs, epochs=_epochs(epochs),
+                           backbone=backbone, max_epochs=max_epochs, epochs=_epochs(epochs), selection=selection,
                            method_overrides=_method_overrides(option),
                            train_options=_train_options(train_option), device=device, align_epochs=align_epochs,
                            overwrite=overwrite, log=lambda s: typer.echo(s, err=True))
@@ -113,6 +113,7 @@ _BACKBONE = typer.Option("lite", help="backbone spec; plain 'lite' aligns its he
 _MAX_EPOCHS = typer.Option(None, help="cap every gradient method's paper epochs at this number")
 _EPOCHS = typer.Option(None, "--epochs", help="epochs of one method, METHOD=N (repeatable; beats --max-epochs)")
 _THREADS = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is fastest on a busy machine)")
+_SELECTION = typer.Option("last", help="'last': test the final epoch (the papers' protocol); 'val': best validation epoch")
 _SET = typer.Option(None, "--set", help="method option METHOD.KEY=VALUE (repeatable)")
 _TRAIN = typer.Option(None, "--train", help="training option KEY=VALUE for every method (repeatable)")
 _DEVICE = typer.Option(None, help="cpu | cuda (default: cuda when available)")
@@ -136,12 +137,13 @@ def fewshot(
     align_epochs: int = _ALIGN,
     overwrite: bool = _OVERWRITE,
     threads: int = _THREADS,
+    selection: str = _SELECTION,
 ) -> None:
     """Few-shot protocol: every method x K x seed, then the mean ± std table (CSV, Markdown, PNG)."""
     from conceptclip.bench.presets import FEWSHOT_METHODS
 
     _run("fewshot", dataset, methods, shots, seeds, out, backbone, max_epochs, epochs, option, train_option, device,
-         align_epochs, overwrite, threads, FEWSHOT_METHODS)
+         align_epochs, overwrite, threads, selection, FEWSHOT_METHODS)
 
 
 @bench_app.command(cls=_ListOptionsCommand)
@@ -160,9 +162,10 @@ def base2novel(
     align_epochs: int = _ALIGN,
     overwrite: bool = _OVERWRITE,
     threads: int = _THREADS,
+    selection: str = _SELECTION,
 ) -> None:
     """Base-to-novel protocol: train on the base half of the classes, test on base and novel; H per method."""
     from conceptclip.bench.presets import BASE2NOVEL_METHODS
 
     _run("base2novel", dataset, methods, shots, seeds, out, backbone, max_epochs, epochs, option, train_option, device,
-         align_epochs, overwrite, threads, BASE2NOVEL_METHODS)
+         align_epochs, overwrite, threads, selection, BASE2NOVEL_METHODS)

@@ -1,8 +1,10 @@
 """The few-shot and base-to-novel protocols of the CoOp family (and BiomedCoOp's comparison suite).
 
 Few-shot: for every seed and K, a K-shot split of the train pool (min(K, 4) validation images per
-class from the val pool, the whole test pool untouched); every method is trained on it, selected on
-its validation part and tested once. Base-to-novel: train on K shots of the base classes (the
+class from the val pool, the whole test pool untouched); every method is trained on it and tested
+once. Gradient methods are tested after their final epoch, as the CoOp-family papers report them
+(`selection="val"` picks the best validation epoch instead); validation serves the hyper-parameter
+searches of the training-free methods (Tip-Adapter's alpha/beta, the linear probe's C). Base-to-novel: train on K shots of the base classes (the
 first half), test on the base and the novel classes' test images; H = 2 B N / (B + N).
 
 Everything lands in one output folder and a rerun continues where it stopped:
@@ -43,6 +45,7 @@ class BenchSettings:
     backbone: str
     max_epochs: int | None = None  # cap on every gradient method's paper epochs (None: the paper's)
     epochs: dict[str, int] = field(default_factory=dict)  # per-method epochs (beats max_epochs)
+    selection: str = "last"  # "last": test the final epoch (the papers' protocol); "val": best validation epoch
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_options: dict[str, Any] = field(default_factory=dict)
     pools: dict[str, float] = field(default_factory=lambda: {"train": 0.5, "val": 0.2, "seed": 0})
@@ -91,6 +94,8 @@ def _train_config(method: str, settings: BenchSettings, seed: int, device: str |
         cfg["epochs"] = int(settings.epochs[method])
     elif settings.max_epochs is not None and "epochs" not in settings.train_options:
         cfg["epochs"] = min(int(defaults.get("epochs", 50)), settings.max_epochs)
+    if settings.selection == "last" and "eval_every" not in settings.train_options:
+        cfg["eval_every"] = 10**9  # the engine then validates (and selects) only the final epoch
     if device:
         cfg["accelerator"] = device
     return cfg
@@ -113,7 +118,7 @@ def run_record(protocol: str, method: str, shots: int, seed: int, metrics: dict,
 
 def run_protocol(protocol: str, dataset_spec: str, methods: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
                  out: str | Path, *, backbone: str = "lite", max_epochs: int | None = None,
-                 epochs: dict[str, int] | None = None,
+                 epochs: dict[str, int] | None = None, selection: str = "last",
                  method_overrides: dict[str, dict[str, Any]] | None = None, train_options: dict[str, Any] | None = None,
                  device: str | None = None, cache=None, align_epochs: int = 300, overwrite: bool = False,
                  progress: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -143,10 +148,13 @@ def run_protocol(protocol: str, dataset_spec: str, methods: Sequence[str], shots
         if n_novel < 2:
             raise ConfigError(f"dataset {dataset.name!r} has {len(dataset.classnames)} classes, so {n_novel} novel "
                               "class: novel accuracy would be 1.0 by construction; base-to-novel needs at least 4 classes")
+    if selection not in ("last", "val"):
+        raise ConfigError(f"selection={selection!r}: expected 'last' (the final epoch) or 'val' (best validation epoch)")
     unknown = sorted(set(epochs or {}) - set(methods))
     if unknown:
         raise ConfigError(f"epochs given for methods {unknown} that are not in --methods {list(methods)}")
     settings = BenchSettings(dataset=dataset_spec, backbone=backbone, max_epochs=max_epochs, epochs=dict(epochs or {}),
+                             selection=selection,
                              method_options={m: method_options(dataset.name, m, method_overrides) for m in methods},
                              train_options=dict(train_options or {}), align_epochs=align_epochs)
     pools = holdout_split(dataset, settings.pools["train"], settings.pools["val"], int(settings.pools["seed"]))
