@@ -125,3 +125,14 @@ def test_real_biomedcoop_bank_for_ph2_classes(tiny_clip):
                                   "melanoma": "bank biomedcoop/DermaMNIST: melanoma"}
     assert summary["prompts_per_class"]["melanoma"] >= 45  # 50 LLM prompts, minus exact duplicates
     assert any("pigment" in p.lower() for p in method.ensembles.prompts[2])
+
+
+def test_class_map_may_name_the_other_half_of_the_dataset(tmp_path, tiny_clip):
+    """Base-to-novel builds a head over the novel classes only; the dataset's map still applies."""
+    from types import SimpleNamespace
+
+    opts = {"bank": str(_bank_file(tmp_path)), "class_map": {"common nevus": "melanocytic nevus"}}
+    ds = SimpleNamespace(classnames=["melanoma", "common nevus", "atypical nevus"])
+    method = create_method("biomedcoop", tiny_clip, ["melanoma", "atypical nevus"], opts, dataset=ds)
+    assert method.ensembles.sources["melanoma"].startswith("bank toy")
+    assert method.ensembles.sources["atypical nevus"].startswith("templates")

@@ -106,7 +106,9 @@ class BiomedCoOp(Method):
             self.ensembles = Ensembles(list(self.classnames), [list(ensembles[n]) for n in self.classnames],
                                        {n: "given" for n in self.classnames})
         else:
-            self.ensembles = resolve_ensembles(self.classnames, c.bank, c.class_map)
+            dataset = self.context.get("dataset")  # base-to-novel: the map may name the other half's classes
+            known = [n.replace("_", " ") for n in dataset.classnames] if dataset is not None else None
+            self.ensembles = resolve_ensembles(self.classnames, c.bank, c.class_map, all_classes=known)
         self._encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # lazily, for training
 
     def encoded_ensembles(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

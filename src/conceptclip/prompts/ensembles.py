@@ -61,13 +61,17 @@ def bank_prompts(bank) -> dict[str, list[str]]:
 
 
 def resolve_ensembles(classnames: Sequence[str], bank: str = "", class_map: Mapping[str, str] | None = None,
-                      templates: Sequence[str] = FALLBACK_TEMPLATES, clean: bool = True) -> Ensembles:
+                      templates: Sequence[str] = FALLBACK_TEMPLATES, clean: bool = True,
+                      all_classes: Sequence[str] | None = None) -> Ensembles:
     """Prompts per class: from `bank` (matched by name, case- and underscore-insensitive, or through
-    `class_map` {class: bank class}), else the `templates` filled with the class name."""
+    `class_map` {class: bank class}), else the `templates` filled with the class name. `class_map`
+    keys must be among `all_classes` (default `classnames`; the dataset's classes when a method
+    sees only its base or novel half)."""
     class_map = dict(class_map or {})
-    unknown = sorted(set(class_map) - set(classnames))
+    known = list(all_classes) if all_classes is not None else list(classnames)
+    unknown = sorted(set(class_map) - set(known))
     if unknown:
-        raise ConfigError(f"class_map names classes {unknown} that are not among {list(classnames)}")
+        raise ConfigError(f"class_map names classes {unknown} that are not among {known}")
     by_key: dict[str, list[str]] = {}
     removed: dict[str, int] = {}
     bank_name = ""
