@@ -138,3 +138,19 @@ def test_train_config_validation():
         TrainConfig.from_dict({"epoch": 3})
     cfg = TrainConfig(epochs=10, lr=0.1, warmup_epochs=1, warmup_lr=1e-5)
     assert cfg.lr_at(0) == 1e-5 and cfg.lr_at(5) == pytest.approx(0.05)
+
+
+def test_text_features_computed_once_per_step_not_per_image(tiny_clip, monkeypatch):
+    """CoOp encodes all class prompts in one text-encoder call per step, whatever the batch size."""
+    coop = create_method("coop", tiny_clip, CLASSES, {"n_ctx": 4})
+    calls = []
+    original = type(tiny_clip).encode_text
+
+    def counting(self, tokens, inputs_embeds=None):
+        calls.append(tokens.input_ids.shape[0])
+        return original(self, tokens, inputs_embeds)
+
+    monkeypatch.setattr(type(tiny_clip), "encode_text", counting)
+    train = _part(30, tiny_clip.embed_dim, 0)
+    fit(coop, train, None, TrainConfig(epochs=2, batch_size=10, progress=False))
+    assert calls == [3] * 6  # 2 epochs x 3 steps, each one call over the 3 class prompts
