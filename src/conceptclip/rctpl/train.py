@@ -4,7 +4,7 @@ that `engine.load.load_run` and the `conceptclip rctpl` commands read back.
 
     out/
       config.json        method + config, train config, backbone, classes, corpus summary
-      checkpoint.safetensors, model.safetensors, history.jsonl (loss per epoch)
+      checkpoint.safetensors, model.safetensors, history.jsonl (loss per epoch), steps.jsonl (per step)
       metrics.json       timings, loss curve ends, and (with a held-out part) report-level AUC
 """
 
@@ -133,9 +133,18 @@ def train_rctpl(backbone, items: Sequence[ReportItem], classes: Sequence[str], o
     write_json(out / "config.json", config)
 
     fabric = make_fabric(cfg)
-    result = fit(method, train_part, None, cfg, checkpoint=out / "checkpoint.safetensors", fabric=fabric)
+    steps: list[dict[str, float]] = []
+    hook = method.register_forward_hook(  # the loss terms of every training step (a finer loss curve)
+        lambda _m, _i, terms: steps.append({k: round(float(v.detach()), 6) for k, v in terms.items()})
+        if method.training else None)
+    try:
+        result = fit(method, train_part, None, cfg, checkpoint=out / "checkpoint.safetensors", fabric=fabric)
+    finally:
+        hook.remove()
     save_tensors(out / "model.safetensors", method.learned_state(), metadata={"method": "rctpl"})
     write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
+    if steps:
+        write_text(out / "steps.jsonl", "".join(json.dumps(r) + "\n" for r in steps))
     losses = [r["loss"] for r in result.history if "loss" in r]
     metrics: dict[str, Any] = {"method": "rctpl", "encode_seconds": round(encode_seconds, 3),
                                "fit_seconds": round(result.seconds, 3), "epochs": cfg.epochs,
