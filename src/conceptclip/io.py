@@ -45,14 +45,58 @@ def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str
     return atomic_write(path, lambda p: save_file(clean, str(p), metadata=metadata))
 
 
-def load_tensors(path: str | os.PathLike) -> dict:
-    """Load a safetensors file; a missing or corrupt file raises CheckpointError naming it."""
+PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
+
+
+def _looks_pickled(path: Path) -> bool:
+    """Not a safetensors layout (8-byte header length, then `{`) and either torch.save zip bytes
+    (`PK\\x03\\x04`), a raw pickle (protocol byte 0x80) or a pickle suffix (.pt, .pth, .bin, ...)."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head[8:9] == b"{":
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or path.suffix.lower() in PICKLE_SUFFIXES
+
+
+def _load_pickled(path: Path) -> dict:
+    """torch.load with weights_only=True (restricted unpickler: tensors and plain containers only)."""
+    import pickle
+
+    import torch
+
+    try:
+        with open(path, "rb") as fh:  # a file object: torch.load would hand a *.safetensors name to safetensors
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, AttributeError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable weights-only PyTorch file ({msg})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+        raise CheckpointError(f"{path}: expected a flat dict of named tensors, got {type(obj).__name__}")
+    return obj
+
+
+def load_tensors(path: str | os.PathLike, allow_pickle: bool = False) -> dict:
+    """Load a safetensors file; a missing or corrupt file raises CheckpointError naming it.
+
+    Pickled PyTorch files (.pt/.pth/.bin/.ckpt, or torch.save/pickle bytes) are refused: unpickling
+    can run arbitrary code. With `allow_pickle=True` they are read with `torch.load(weights_only=True)`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        pickled = _looks_pickled(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc})") from None
+    if pickled:
+        if not allow_pickle:
+            raise CheckpointError(f"{path}: is a pickled PyTorch file; refusing to unpickle it (it can run code). "
+                                  "Convert it to safetensors, or pass allow_pickle=True if you trust it")
+        return _load_pickled(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

@@ -84,12 +84,17 @@ def resolve_path(root: Path, value: str, where: str, allow_outside_root: bool = 
     """Resolve a manifest path against `root`; refuse paths that escape it unless allowed."""
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{where}: expected an image path, got {value!r}")
-    path = (root / value).resolve()
-    if not allow_outside_root and not path.is_relative_to(root.resolve()):
-        raise DataError(f"{where}: path {value!r} escapes the dataset root {root} "
-                        "(pass allow_outside_root=True to permit it)")
-    if not path.is_file():
-        raise DataError(f"{where}: image file not found: {path}")
+    try:  # resolve() follows symlinks, so a link pointing outside the root escapes it too
+        path = (root / value).resolve()
+        if not allow_outside_root and not path.is_relative_to(root.resolve()):
+            raise DataError(f"{where}: path {value!r} escapes the dataset root {root} "
+                            "(pass allow_outside_root=True to permit it)")
+        if not path.is_file():
+            raise DataError(f"{where}: image file not found: {path}")
+    except (ValueError, OSError, RuntimeError) as exc:  # NUL bytes, names too long, symlink loops
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{where}: invalid image path {value[:80]!r} ({type(exc).__name__}: {exc})"[:400]) from None
     return path
 
 
@@ -185,6 +190,8 @@ def from_json(path: str | Path, root: str | Path | None = None, *, allow_outside
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("samples"), list):
         raise DataError(f"{path}: expected an object with a 'samples' list")
     classnames = doc.get("classnames")

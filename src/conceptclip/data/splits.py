@@ -56,6 +56,8 @@ class Split:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"{path}: not a valid split file ({exc})") from None
+        except RecursionError:
+            raise DataError(f"{path}: not a valid split file (JSON nested too deeply)") from None
         need = {"dataset", "fingerprint", "kind", "params", "parts"}
         if not isinstance(doc, dict) or not need <= set(doc):
             raise DataError(f"{path}: expected a split object with fields {sorted(need)}")
@@ -63,8 +65,18 @@ class Split:
         if not isinstance(parts, dict) or not all(isinstance(v, list) and all(isinstance(i, str) for i in v)
                                                    for v in parts.values()):
             raise DataError(f"{path}: 'parts' must map part names to lists of sample ids")
+        classes, version = doc.get("classes", {}), doc.get("version", SPLIT_VERSION)
+        if not isinstance(classes, dict) or not all(isinstance(v, list) and all(isinstance(c, str) for c in v)
+                                                    for v in classes.values()):
+            raise DataError(f"{path}: 'classes' must map subset names to lists of class names")
+        for key, typ, what in (("dataset", str, "a string"), ("fingerprint", str, "a string"),
+                               ("kind", str, "a string"), ("params", dict, "an object")):
+            if not isinstance(doc[key], typ):
+                raise DataError(f"{path}: {key!r} must be {what}, got {type(doc[key]).__name__}")
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SPLIT_VERSION:
+            raise DataError(f"{path}: 'version' must be an integer from 1 to {SPLIT_VERSION}, got {version!r}")
         split = cls(**{k: doc[k] for k in ("dataset", "fingerprint", "kind", "params", "parts")},
-                    classes=doc.get("classes", {}), version=doc.get("version", SPLIT_VERSION))
+                    classes=classes, version=version)
         if dataset is not None:
             for name, ids in parts.items():
                 missing = [i for i in ids if i not in dataset._index]

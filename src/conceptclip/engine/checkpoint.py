@@ -59,10 +59,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = json.loads((fh.metadata() or {})["conceptclip"])
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not a conceptclip training checkpoint (missing metadata: {exc})") from None
+    if (not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int) or not isinstance(meta.get("history"), list)
+            or not isinstance(meta.get("best_score", 0.0), (int, float, type(None)))
+            or not isinstance(meta.get("optimizer"), (dict, type(None)))):
+        raise CheckpointError(f"{path}: not a conceptclip training checkpoint (metadata needs an integer 'epoch', "
+                              "a 'history' list, a numeric 'best_score' and an 'optimizer' object or null)")
     out: dict[str, Any] = {"method_state": {}, "best_state": {}, "epoch": meta["epoch"],
-                           "best_score": meta["best_score"], "history": meta["history"],
+                           "best_score": meta.get("best_score"), "history": meta["history"],
                            "rng": tensors.get("rng.torch")}
     opt = {}
     for k, v in tensors.items():
@@ -72,13 +77,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             out["best_state"][k[5:]] = v
         elif k.startswith("optim."):
             opt[k] = v
-    out["optimizer_state"] = _unflatten_optimizer(opt, meta["optimizer"]) if meta["optimizer"] else None
+    try:
+        out["optimizer_state"] = _unflatten_optimizer(opt, meta["optimizer"]) if meta["optimizer"] else None
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: optimizer state is malformed ({type(exc).__name__}: {exc})") from None
     return out
 
 
-def load_method_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The learned state of a `model.safetensors` (final weights) or a training checkpoint's best state."""
-    tensors = load_tensors(path)
+def load_method_weights(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The learned state of a `model.safetensors` (final weights) or a training checkpoint's best state.
+    A pickled `.pt`/`.pth` file is refused unless `allow_pickle=True` (then read weights-only)."""
+    tensors = load_tensors(path, allow_pickle=allow_pickle)
     if any(k.startswith("best.") for k in tensors):
         return {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     if any(k.startswith("model.") for k in tensors):

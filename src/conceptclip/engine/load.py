@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conceptclip.errors import CheckpointError
+from conceptclip.errors import CheckpointError, ConfigError
 
 
 def load_run(run: str | Path, device: str | None = None) -> tuple[Any, dict]:
@@ -31,6 +31,11 @@ def load_run(run: str | Path, device: str | None = None) -> tuple[Any, dict]:
     backbone = create_backbone(spec, device=device)
     method = create_method(name, backbone, classnames, mconf, template=cfg.get("template", "a photo of a {}."),
                            multilabel=cfg.get("multilabel", False))
-    method.load_learned_state(load_method_weights(run / "model.safetensors"))
+    weights = run / "model.safetensors"
+    try:
+        method.load_learned_state(load_method_weights(weights))
+    except (ConfigError, RuntimeError) as exc:  # wrong keys or shapes: name the file, not a torch stack
+        msg = str(exc).strip().splitlines()[0][:300]
+        raise CheckpointError(f"{weights}: does not fit method {name!r} of {cfg_path.name} ({msg})") from None
     method.eval()
     return method, cfg

@@ -24,7 +24,7 @@ from conceptclip.engine.checkpoint import load_checkpoint, save_checkpoint
 from conceptclip.engine.config import TrainConfig
 from conceptclip.engine.data import Part
 from conceptclip.engine.evaluate import classification_metrics, predict
-from conceptclip.errors import ConfigError
+from conceptclip.errors import CheckpointError, ConfigError
 
 
 @dataclass
@@ -95,9 +95,13 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        method.load_learned_state(state["method_state"])
-        if state["optimizer_state"] is not None:
-            optimizer.load_state_dict(state["optimizer_state"])
+        try:
+            method.load_learned_state(state["method_state"])
+            if state["optimizer_state"] is not None:
+                optimizer.load_state_dict(state["optimizer_state"])
+        except (ConfigError, RuntimeError, ValueError, KeyError) as exc:  # a checkpoint of another method/config
+            msg = str(exc).strip().splitlines()[0][:300]
+            raise CheckpointError(f"{ckpt_path}: cannot resume {method.name!r} from it ({msg})") from None
         start = state["epoch"] + 1
         best_state = state["best_state"] or None
         best_score = state["best_score"]

@@ -342,6 +342,8 @@ def load_bank(path: str | os.PathLike, verify_hash: bool = True) -> ConceptBank:
         raise KnowledgeError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except UnicodeDecodeError:
         raise KnowledgeError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise KnowledgeError(f"{path}: not valid JSON (nested too deeply)") from None
     except KnowledgeError as exc:
         raise KnowledgeError(f"{path}: {exc}") from None
     return bank_from_dict(data, file=str(path), verify_hash=verify_hash)

@@ -395,14 +395,16 @@ def extract_reports(path: str | os.PathLike, sections: tuple[str, ...] = ("findi
     path = Path(path)
     if not path.is_file():
         raise KnowledgeError(f"{path}: reports file not found")
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, encoding="utf-8", errors="strict") as fh:
+        for lineno, line in enumerate(_utf8_lines(fh, path), start=1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise KnowledgeError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise KnowledgeError(f"{path}: line {lineno}: not valid JSON (nested too deeply)") from None
             if not isinstance(rec, dict) or id_field not in rec:
                 raise KnowledgeError(f"{path}: line {lineno}: expected an object with key {id_field!r}")
             out = ReportTriplets(str(rec[id_field]))
@@ -412,6 +414,14 @@ def extract_reports(path: str | os.PathLike, sections: tuple[str, ...] = ("findi
                     raise KnowledgeError(f"{path}: line {lineno}: {sec!r} must be a string")
                 out.triplets.extend(extract_triplets(value, section=sec))
             yield out
+
+
+def _utf8_lines(fh, path: Path) -> Iterator[str]:
+    """Lines of a text file; bytes that are not UTF-8 are a KnowledgeError naming the file."""
+    try:
+        yield from fh
+    except UnicodeDecodeError as exc:
+        raise KnowledgeError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
 def location_phrase(location: str) -> str:
