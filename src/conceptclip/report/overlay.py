@@ -1,4 +1,5 @@
-"""Drawing explanation maps: colour a map, blend it over its image, lay several side by side.
+"""Drawing explanation maps: colour a map, blend it over its image, lay several side by side,
+and encode images as PNG data URLs for self-contained pages.
 
 Pure PIL + matplotlib colormaps (no pyplot, no display). Maps are min-max normalised per map
 before colouring, so overlays show where a map is high relative to itself.
@@ -74,6 +75,31 @@ def overlay_panel(image: Image.Image, maps: torch.Tensor | np.ndarray, titles: S
         canvas.paste(tile, (x, pad + title_height))
         draw.text((x, pad), title[: max(4, w // 6)], fill="black")
     return canvas
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The image encoded as PNG bytes (in memory)."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def png_data_url(image: Image.Image | bytes) -> str:
+    """`data:image/png;base64,...` of a PIL image (or of PNG bytes): what a self-contained HTML
+    page or a JSON answer embeds instead of a file path."""
+    import base64
+
+    data = image if isinstance(image, bytes) else png_bytes(image)
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def thumbnail(image: Image.Image, size: int) -> Image.Image:
+    """A copy no larger than `size` x `size`, aspect kept (for embedding images in pages)."""
+    out = image.convert("RGB")
+    out.thumbnail((size, size), Image.BICUBIC)
+    return out
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:

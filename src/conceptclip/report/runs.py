@@ -1,0 +1,224 @@
+"""Reading results folders for the report: find runs, read their files, group them by method and
+shots, and summarise metrics as mean ± std over seeds.
+
+A results folder (see `engine.run`) holds config.json, split.json, history.jsonl, predictions.csv
+and metrics.json; metrics.json marks a finished run. Folders given to the report may be single
+runs or trees of runs (the demo folder, a bench output folder), searched recursively.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from conceptclip.errors import ConfigError
+
+SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc_macro", "f1_macro", "ece")
+MAX_DEPTH = 6  # how deep below a given folder runs are searched
+
+
+@dataclass
+class PartPredictions:
+    """One test part of predictions.csv: ids, labels ((N,) class indices, or (N, C) multi-hot) and
+    probabilities (N, C) over `classnames`."""
+
+    ids: list[str]
+    labels: np.ndarray
+    probs: np.ndarray
+    classnames: list[str]
+
+
+@dataclass
+class RunRecord:
+    """One results folder, read."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    split: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics is not None
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method", {}).get("method", "?"))
+
+    @property
+    def shots(self) -> int:
+        """K shots per class of the split (0: the whole train pool)."""
+        return int((self.config.get("split_params") or {}).get("shots", 0) or 0)
+
+    @property
+    def seed(self) -> int | None:
+        seed = (self.config.get("train") or {}).get("seed")
+        return int(seed) if seed is not None else None
+
+    @property
+    def split_kind(self) -> str:
+        return str(self.config.get("split_kind", "?"))
+
+    @property
+    def method_config_id(self) -> str:
+        """A short hash of the method's config: runs with other options form other groups."""
+        cfg = json.dumps(self.config.get("method", {}).get("config", {}), sort_keys=True)
+        return hashlib.sha256(cfg.encode()).hexdigest()[:6]
+
+    @property
+    def group_key(self) -> tuple:
+        return (self.method, self.method_config_id, str(self.config.get("dataset")), self.split_kind, self.shots,
+                str(self.config.get("backbone_weights", self.config.get("backbone"))))
+
+    def test_parts(self) -> list[str]:
+        return [k for k in (self.metrics or {}) if k.startswith("test") and isinstance(self.metrics[k], dict)]
+
+    def predictions(self) -> dict[str, PartPredictions]:
+        """predictions.csv by test part; novel-class rows are read against the split's novel classes."""
+        return read_predictions(self.path / "predictions.csv", list(self.config.get("classnames", [])),
+                                (self.split or {}).get("classes", {}), bool(self.config.get("multilabel")))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read results file ({type(exc).__name__}: {exc})") from None
+
+
+def read_run(path: str | Path) -> RunRecord:
+    """Read one results folder (metrics None for an unfinished run)."""
+    path = Path(path)
+    cfg = _read_json(path / "config.json")
+    if not isinstance(cfg, dict) or "method" not in cfg:
+        raise ConfigError(f"{path / 'config.json'}: not a run config (no 'method')")
+    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else None
+    history = []
+    if (path / "history.jsonl").is_file():
+        for line in (path / "history.jsonl").read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    history.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a run killed mid-write leaves a partial last line
+    split = _read_json(path / "split.json") if (path / "split.json").is_file() else None
+    return RunRecord(path, cfg, metrics, history, split)
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
+    """Every results folder (a folder with config.json) at or below `paths`, in path order,
+    each once."""
+    if not paths:
+        raise ConfigError("report: expected at least one run folder")
+    found: dict[Path, None] = {}
+    for p in paths:
+        p = Path(p)
+        if not p.is_dir():
+            raise ConfigError(f"{p}: run folder not found")
+        if (p / "config.json").is_file():
+            found[p.resolve()] = None
+            continue
+        hits = sorted(c.parent for c in p.rglob("config.json") if len(c.relative_to(p).parts) <= MAX_DEPTH + 1)
+        for h in hits:
+            found[h.resolve()] = None
+    if not found:
+        raise ConfigError(f"report: no results folders (with config.json) under {', '.join(map(str, paths))}")
+    return [read_run(p) for p in found]
+
+
+def read_predictions(path: Path, classnames: list[str], split_classes: dict[str, list[str]],
+                     multilabel: bool) -> dict[str, PartPredictions]:
+    """Parse predictions.csv (`part,id,label,p_<class>...`; multi-label labels are `[i; j]`)."""
+    if not path.is_file():
+        return {}
+    rows: dict[str, list[list[str]]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        for row in reader:
+            if len(row) >= 4:
+                rows.setdefault(row[0], []).append(row)
+    out = {}
+    for part, prow in rows.items():
+        names = split_classes.get("novel", []) if part == "test_novel" else classnames
+        probs = np.array([[float(x) for x in r[3:]] for r in prow], dtype=np.float64)
+        if names and probs.shape[1] != len(names):
+            names = [f"class {i}" for i in range(probs.shape[1])]
+        if multilabel:
+            labels = np.zeros_like(probs, dtype=np.int64)
+            for i, r in enumerate(prow):
+                for j in json.loads(r[2].replace(";", ",")):
+                    labels[i, int(j)] = 1
+        else:
+            labels = np.array([int(json.loads(r[2])) for r in prow], dtype=np.int64)
+        out[part] = PartPredictions([r[1] for r in prow], labels, probs, list(names))
+    return out
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """(mean, sample std, n) of the finite values; std is 0 for one value, NaN for none."""
+    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals)
+
+
+def format_mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 3) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+@dataclass
+class RunGroup:
+    """Finished runs that differ only in their seed."""
+
+    key: tuple
+    runs: list[RunRecord]
+
+    @property
+    def method(self) -> str:
+        return self.runs[0].method
+
+    @property
+    def label(self) -> str:
+        shots = self.runs[0].shots
+        return f"{self.method} · {self.runs[0].split_kind} · K={shots if shots else 'all'}"
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [r.seed for r in self.runs]
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """{part: {metric: {"mean", "std", "n"}}} over the group's runs (+ "harmonic_mean")."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        parts = list(dict.fromkeys(p for r in self.runs for p in r.test_parts()))
+        for part in parts:
+            out[part] = {}
+            for m in SUMMARY_METRICS:
+                mu, sd, n = mean_std([(r.metrics or {}).get(part, {}).get(m) for r in self.runs])
+                out[part][m] = {"mean": mu, "std": sd, "n": n}
+        hm = [(r.metrics or {}).get("harmonic_mean") for r in self.runs]
+        if any(h is not None for h in hm):
+            mu, sd, n = mean_std(hm)
+            out["harmonic_mean"] = {"harmonic_mean": {"mean": mu, "std": sd, "n": n}}
+        return out
+
+
+def group_runs(runs: Sequence[RunRecord]) -> list[RunGroup]:
+    """Finished runs grouped by (method, method config, dataset, split kind, shots, backbone), in
+    first-seen order; each group's runs sorted by seed."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in runs:
+        if r.finished:
+            groups.setdefault(r.group_key, []).append(r)
+    return [RunGroup(k, sorted(v, key=lambda r: (r.seed is None, r.seed or 0, str(r.path))))
+            for k, v in groups.items()]

@@ -1,0 +1,55 @@
+"""`conceptclip serve --run RUN_DIR` (mounted by conceptclip.cli as `serve`)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+serve_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                        help="A local browser demo over a trained run.")
+console = Console(stderr=True)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@serve_app.callback(invoke_without_command=True)
+def serve(
+    run: Path = typer.Option(..., "--run", help="a finished results folder (config.json + model.safetensors)"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind (default: this machine only)"),
+    port: int = typer.Option(8000, help="TCP port"),
+    concepts: Optional[str] = typer.Option(None, "--concepts", help="concept bank (JSON file or shared-bank name); "
+                                                                    "default: the shared bank named like the dataset"),
+    max_mb: float = typer.Option(10.0, help="largest accepted upload in MB"),
+    queue: int = typer.Option(4, help="requests that may wait while one image is explained; more get 503"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda"),
+) -> None:
+    """Serve a page at http://HOST:PORT/: upload an image, see the prediction, concept scores,
+    heat maps and the textual explanation."""
+    from conceptclip.errors import ConfigError
+    from conceptclip.web.app import MB, ServeConfig, create_app
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise ConfigError('serve needs the web extra: pip install -c constraints.txt "conceptclip[web]"') from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port {port}: expected 1-65535")
+    if max_mb <= 0:
+        raise ConfigError(f"--max-mb {max_mb}: expected a positive size")
+    app = create_app(run, bank=concepts, device=device, config=ServeConfig(max_bytes=int(max_mb * MB), max_queue=queue))
+    if not is_loopback(host):
+        console.print(f"[yellow]warning:[/yellow] serving on {host}: other machines can reach the demo and upload "
+                      "images; it has no authentication")
+    console.print(f"conceptclip demo on http://{host}:{port}/ (Ctrl-C stops it)")
+    uvicorn.run(app, host=host, port=port, log_level="warning", workers=1)
