@@ -99,6 +99,7 @@ def test_results_folder_never_overwritten_unless_asked(tmp_path):
     assert prepare_run_dir(empty) == empty  # an empty folder is not a run
 
 
+@pytest.mark.slow
 def test_cli_refuses_to_overwrite_a_results_folder(tmp_path, image_folder, one_line):
     run = tmp_path / "run"
     before = _fill(run)
