@@ -178,3 +178,18 @@ def test_clear_errors(run, files, tmp_path):
 
     with pytest.raises(ConfigError, match="differ"):
         zero_shot_eval(method, load_dataset(files / "images.csv"))
+
+
+def test_hand_prompt_baseline_run_without_training(tiny_clip, tmp_path):
+    """`--train epochs=0 --set ctx_init=...`: the zero-shot "before" run holds the words' embeddings."""
+    from conceptclip.io import load_tensors
+    from conceptclip.rctpl.train import train_rctpl
+
+    items = [report_item(r["id"], r, {}) for r in REPORTS]
+    m = train_rctpl(tiny_clip, items, CLASSES, tmp_path / "hand", method_config={"ctx_init": "a chest x ray showing"},
+                    train_config={"epochs": 0, "progress": False, "accelerator": "cpu"})
+    assert m["loss_first_epoch"] is None and m["epochs"] == 0
+    state = load_tensors(tmp_path / "hand" / "model.safetensors")
+    ids = tiny_clip.tokenize(["a chest x ray showing"]).input_ids[0, 1:-1]
+    torch.testing.assert_close(state["report_prompt.ctx"], tiny_clip.token_embedding(ids).detach())
+    torch.testing.assert_close(state["concept_prompt.ctx"], state["report_prompt.ctx"])
