@@ -168,6 +168,7 @@ def test_pickled_checkpoints_refused_unless_allowed(tmp_path):
         load_method_weights(tmp_path / "list.pt", allow_pickle=True)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_pickle_never_runs(tmp_path):
     """A pickle whose unpickling writes a file: refused by default, and even with allow_pickle=True
     the weights-only unpickler rejects it; the marker file is never created."""
@@ -395,3 +396,24 @@ def test_bad_report_files_are_one_line_knowledge_errors(tmp_path):
         with pytest.raises(KnowledgeError, match=needle) as exc:
             list(extract_reports(tmp_path / name))
         _one_line(exc, name)
+
+
+@pytest.mark.slow
+def test_cli_hostile_files_are_one_line(finished_run, tmp_path, one_line):
+    """Through `conceptclip`: a pickled or wrong-shape model.safetensors (eval), a bad split file (train)."""
+    import shutil
+
+    from _helpers import cli
+
+    src, ds, _ = finished_run
+    for name, write, needles in (
+            ("pickled", lambda p: torch.save(load_tensors(src / "model.safetensors"), p), ["refusing to unpickle"]),
+            ("shape", lambda p: save_tensors(p, {k: torch.zeros(5) for k in load_tensors(src / "model.safetensors")}),
+             ["does not fit method 'coop'"])):
+        run = tmp_path / name
+        shutil.copytree(src, run)
+        write(run / "model.safetensors")
+        one_line(cli("eval", str(run), "--dataset", str(ds.root)), "model.safetensors", *needles)
+    (tmp_path / "split.json").write_text(json.dumps({**SPLIT_OK, "classes": ["base"]}))
+    one_line(cli("train", "-m", "zeroshot", "--backbone", "tiny-clip", "--dataset", str(ds.root), "--split",
+                 str(tmp_path / "split.json"), "-o", str(tmp_path / "r")), "split.json", "'classes' must map")
