@@ -109,13 +109,16 @@ def fewshot_plot(summary: list[dict[str, Any]], path: str | Path, metric: str = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for m in _ordered(r["method"] for r in summary):
+    fig, ax = plt.subplots(figsize=(8.5, 4.5), dpi=120)
+    methods = _ordered(r["method"] for r in summary)
+    colours = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
+    for i, m in enumerate(methods):
         rows = sorted((r for r in summary if r["method"] == m), key=lambda r: r["shots"])
         ks = [r["shots"] for r in rows]
         mu = [100 * r[f"{metric}_mean"] for r in rows]
         sd = [100 * r[f"{metric}_std"] for r in rows]
-        ax.errorbar(ks, mu, yerr=sd, marker="o", capsize=3, label=m, linewidth=1.5 if m != "biomedcoop" else 2.5)
+        ax.errorbar(ks, mu, yerr=sd, marker="osD^v<>ph*X"[i % 11], capsize=3, label=m, color=colours(i),
+                    linewidth=1.4 if m != "biomedcoop" else 2.6, alpha=0.9)
     ax.set_xscale("log", base=2)
     shots = sorted({r["shots"] for r in summary})
     ax.set_xticks(shots, [str(k) for k in shots])
@@ -123,7 +126,7 @@ def fewshot_plot(summary: list[dict[str, Any]], path: str | Path, metric: str = 
     ax.set_ylabel(f"test {metric.replace('_', ' ')} (%)")
     ax.set_title(title or "Few-shot")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
