@@ -25,7 +25,8 @@ class ZeroShot(Method):
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
         templates = self.config.templates or [self.template]
-        self.register_buffer("text_features", class_text_features(backbone, self.classnames, templates))
+        # derived from the class names, so never saved: a base-to-novel head recomputes it for its classes
+        self.register_buffer("text_features", class_text_features(backbone, self.classnames, templates), persistent=False)
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         img = normalize(batch["features"].to(self.text_features.dtype))
