@@ -34,6 +34,7 @@ def encode_corpus(backbone, items: Sequence[ReportItem], classes: Sequence[str],
     if not items:
         raise ConfigError("encode_corpus: no reports to encode")
     texts = list(dict.fromkeys([it.text for it in items] + [r for it in items for r in it.regions]))
+    texts.sort(key=len)  # batches of similar length: little padding
     pos = {t: i for i, t in enumerate(texts)}
     feats = encode_prompts(backbone, texts, batch_size=batch_size).cpu()
     r_max = max(len(it.regions) for it in items)
