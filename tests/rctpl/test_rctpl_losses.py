@@ -32,7 +32,7 @@ def test_ranking_loss_margin_and_gradient():
     labels = torch.tensor([[1.0, 0.0, 0.0]])
     # margin 0.5: pairs (0,1): 0.5 - 0.3 + 0.1 = 0.3; (0,2): 0.5 - 0.3 + 0.6 = 0.8 -> mean 0.55
     loss = ranking_loss(scores, labels, margin=0.5)
-    assert float(loss) == pytest.approx(0.55, abs=1e-6)
+    assert float(loss.detach()) == pytest.approx(0.55, abs=1e-6)
     loss.backward()
     # both hinges active: d/ds_0 = -2/2, d/ds_1 = +1/2, d/ds_2 = +1/2
     torch.testing.assert_close(scores.grad, torch.tensor([[-1.0, 0.5, 0.5]]))
