@@ -1,0 +1,334 @@
+"""DEAL: disentangle and localise concept-level explanations (Li, Ma, Peng, "DEAL: Disentangle and
+Localize Concept-level Explanations for VLMs", ECCV 2024).
+
+Each class c has concepts c_1 ... c_K (a knowledge bank: DEAL's LLM lists, PH2 criteria, an
+elicited bank). The category prompt is "An image of [CAT] with [C1], [C2], ..." and each concept
+gets its own prompt "An image of [CAT] with [C_k]". For an image x of class y, with e(x, t) the
+heat map explaining the score of prompt t, h_k = e(x, t_{y,k}) and h_y = e(x, t_y):
+
+    L_pred   = CE(softmax_c(s cos(f(x), g(t_c))), y)            contrastive category loss (image -> class prompts)
+    R_disen  = -2 / (K (K - 1)) sum_{j<k} || h_j - h_k ||_1     disentangle: push concept maps apart
+    R_local  = || (1/K) sum_k h_k - h_y ||_1                     localise: mean concept map = category map
+    L        = L_pred + lambda_disen R_disen + lambda_local R_local
+
+Heat maps are Grad-CAM maps (the paper's explanation method; `heatmap="similarity"` uses patch-prompt
+similarity maps instead), each clipped at 0 and normalised to sum 1 (`map_norm="sum"`, so R_disen is
+exactly minus the disentanglability metric and both terms lie in [-2, 0] and [0, 2]). What this file
+fixes in the reference code: there the heat maps are detached before the two terms, so they carry
+no gradient and training reduces to L_pred. Here the Grad-CAM maps are built with
+`create_graph=True`: the gradients dy/dA that weight the activation are themselves differentiable,
+so R_disen and R_local reach the trained parameters (tested).
+
+What is trained: the paper fine-tunes CLIP. Here (cheap on a frozen backbone with cached features)
+the shared prompt context (initialised from "an image of", spliced into every category and concept
+prompt) and a residual linear map on the image embedding space, f'(v) = v + W v + b (W, b zero at
+start), applied to the global feature and to every patch token. On `lite` the image head is linear
+and the global feature is the mean of the patch tokens, so this is fine-tuning the image head (in its
+output space) and the training-time Grad-CAM on the adapted patch tokens is Grad-CAM of the model's
+own score. On ViTs the global feature is the CLS token, which does not read the last block's patch
+tokens; training-time maps there are Grad-CAM of the patch-pooled score (or similarity maps), while
+`explain` gives Grad-CAM and Chefer relevance of the real score on pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conceptclip.errors import ConfigError
+from conceptclip.explain.cam import GradCAM, vit_reshape
+from conceptclip.explain.method import gradcam_for, relevance_for
+from conceptclip.explain.similarity import similarity_maps
+from conceptclip.explain.targets import ClassTarget, ModelOutput
+from conceptclip.knowledge.templates import DEAL as DEAL_TEMPLATE
+from conceptclip.methods import register_method
+from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.prompts import ContextPrompt, normalize
+from conceptclip.prompts.concept_lists import ConceptLists, resolve_concepts
+
+HEATMAPS = ("gradcam", "similarity")
+MAP_NORMS = ("sum", "minmax")
+
+
+@dataclass
+class DEALConfig(MethodConfig):
+    ctx_init: str = "an image of"  # the DEAL template's words, learnable; "" = n_ctx random vectors
+    n_ctx: int = 3
+    init_std: float = 0.02
+    bank: str = ""  # shared-bank name ("deal/cub", "ph2") or bank JSON; "" = "ph2" on PH2, else concepts=...
+    class_map: dict[str, str] = field(default_factory=dict)  # dataset class -> bank class
+    concepts: dict[str, list[str]] = field(default_factory=dict)  # class -> phrases; given lists beat the bank
+    n_concepts: int = 6  # concepts per class (DEAL's lists have six); 0 = all
+    lambda_disen: float = 1.0
+    lambda_local: float = 1.0
+    heatmap: str = "gradcam"  # gradcam | similarity
+    map_norm: str = "sum"  # sum: relu(h) / sum relu(h); minmax: (h - min) / (max - min)
+    image_adapter: bool = True  # train the residual linear map on the image embedding space
+
+
+# ---- the two regularisers (pure functions on normalised maps) --------------------------------------
+
+def normalize_heatmaps(maps: torch.Tensor, mode: str = "sum", eps: float = 1e-8) -> torch.Tensor:
+    """Maps (..., h, w) -> comparable maps: "sum": p = relu(h) / (sum relu(h) + eps) (a distribution
+    over positions); "minmax": (h - min) / (max - min + eps). Differentiable."""
+    if mode not in MAP_NORMS:
+        raise ConfigError(f"map_norm={mode!r}: expected one of {MAP_NORMS}")
+    flat = maps.flatten(-2)
+    if mode == "sum":
+        r = flat.clamp_min(0)
+        out = r / (r.sum(-1, keepdim=True) + eps)
+    else:
+        lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+        out = (flat - lo) / (hi - lo + eps)
+    return out.reshape(maps.shape)
+
+
+def _check_maps(maps: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if maps.dim() != 4:
+        raise ConfigError(f"concept maps: expected (B, K, h, w), got {tuple(maps.shape)}")
+    if mask is None:
+        return torch.ones(maps.shape[:2], dtype=torch.bool, device=maps.device)
+    if tuple(mask.shape) != tuple(maps.shape[:2]):
+        raise ConfigError(f"concept mask: expected {tuple(maps.shape[:2])} (B, K), got {tuple(mask.shape)}")
+    return mask.bool()
+
+
+def disentangle_loss(maps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """R_disen = - mean over images of the mean pairwise L1 distance between an image's concept maps:
+
+        R_disen(x) = -2 / (K (K - 1)) sum_{j<k} sum_ij |h_j(i, j) - h_k(i, j)|
+
+    maps (B, K, h, w), already normalised; mask (B, K) marks real concepts (images with fewer than
+    two contribute 0)."""
+    mask = _check_maps(maps, mask)
+    flat = maps.flatten(2)
+    dist = (flat.unsqueeze(2) - flat.unsqueeze(1)).abs().sum(-1)  # (B, K, K)
+    m = mask.to(flat.dtype)
+    pair = m.unsqueeze(2) * m.unsqueeze(1) * (1 - torch.eye(maps.shape[1], dtype=flat.dtype, device=flat.device))
+    n_pairs = pair.sum((1, 2))
+    per_image = (dist * pair).sum((1, 2)) / n_pairs.clamp_min(1.0)  # ordered pairs: the same mean
+    return -per_image.mean()
+
+
+def localize_loss(maps: torch.Tensor, category_map: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """R_local = mean over images of || (1/K) sum_k h_k - h_y ||_1, the L1 distance between the mean
+    concept map and the category map. maps (B, K, h, w) and category_map (B, h, w), normalised."""
+    mask = _check_maps(maps, mask)
+    if tuple(category_map.shape) != (maps.shape[0], *maps.shape[2:]):
+        raise ConfigError(f"category map: expected {(maps.shape[0], *maps.shape[2:])}, got {tuple(category_map.shape)}")
+    m = mask.to(maps.dtype)[..., None, None]
+    mean = (maps * m).sum(1) / m.sum(1).clamp_min(1.0)
+    return (mean - category_map).abs().flatten(1).sum(-1).mean()
+
+
+# ---- parts --------------------------------------------------------------------------------------
+
+class TokenAdapter(nn.Module):
+    """f'(v) = v + W v + b on joint-space tokens (..., D); W, b start at zero (identity)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.linear(x)
+
+
+@dataclass
+class ConceptMaps:
+    """Heat maps of each image's explained class: concept maps (B, Kmax, h, w) with mask (B, Kmax),
+    the category map (B, h, w), the explained classes (B,), and their target scores (B, 1 + Kmax)."""
+
+    concepts: torch.Tensor
+    category: torch.Tensor
+    mask: torch.Tensor
+    classes: torch.Tensor
+    scores: torch.Tensor | None = None
+
+
+@register_method("deal")
+class DEAL(Method):
+    Config = DEALConfig
+    inputs = frozenset({"features", "patches"})
+    # CoOp-family schedule (SGD, lr 0.002, batch 32, cosine, one warm-up epoch)
+    train_defaults = {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 50, "warmup_epochs": 1,
+                      "warmup_lr": 1e-5}
+
+    def __init__(self, backbone, classnames, config=None, *, concepts: dict[str, Sequence[str]] | None = None,
+                 **kw) -> None:
+        super().__init__(backbone, classnames, config, **kw)
+        c = self.config
+        if c.heatmap not in HEATMAPS:
+            raise ConfigError(f"deal heatmap={c.heatmap!r}: expected one of {HEATMAPS}")
+        if c.map_norm not in MAP_NORMS:
+            raise ConfigError(f"deal map_norm={c.map_norm!r}: expected one of {MAP_NORMS}")
+        if c.lambda_disen < 0 or c.lambda_local < 0:
+            raise ConfigError(f"deal lambda_disen={c.lambda_disen}, lambda_local={c.lambda_local}: expected >= 0")
+        if c.n_concepts < 0:
+            raise ConfigError(f"deal n_concepts={c.n_concepts}: expected >= 0 (0 = all)")
+        if self.multilabel:
+            raise ConfigError("deal explains each image's own class: it needs a single-label dataset")
+        given = dict(concepts) if concepts is not None else dict(c.concepts)
+        if not given and not c.bank and getattr(self.context.get("dataset"), "name", "") == "ph2":
+            c.bank = "ph2"  # the PH2 criteria per diagnosis (recorded in the config)
+        self.concept_lists: ConceptLists = resolve_concepts(self.classnames, concepts=given or None, bank=c.bank,
+                                                            class_map=c.class_map, top_k=c.n_concepts or None)
+        # the resolved lists go into the config, so a results folder re-creates the same prompts
+        c.concepts = {n: list(p) for n, p in zip(self.classnames, self.concept_lists.concepts)}
+        index, mask = self.concept_lists.tables()
+        self.register_buffer("concept_index", index, persistent=False)
+        self.register_buffer("concept_mask", mask, persistent=False)
+        join = DEAL_TEMPLATE.join
+        cats = [f"{name} with {join(list(p))}" for name, p in zip(self.classnames, self.concept_lists.concepts)]
+        cons = [f"{self.classnames[ci]} with {p}" for ci, p in self.concept_lists.flat]
+        self.concept_names = [p for _, p in self.concept_lists.flat]
+        # one shared context for all C category and T concept prompts: "[V]_1..[V]_M [CAT] with ... ."
+        self.prompt = ContextPrompt(backbone, cats + cons, n_ctx=c.n_ctx, ctx_init=c.ctx_init or None,
+                                    init_std=c.init_std)
+        self.adapter: nn.Module = TokenAdapter(backbone.embed_dim) if c.image_adapter else nn.Identity()
+
+    # -- prompts ---------------------------------------------------------------------------------
+    @property
+    def n_classes(self) -> int:
+        return len(self.classnames)
+
+    def prompt_texts(self, ctx_words: str = "An image of") -> list[str]:
+        """The C category prompts then the T concept prompts, with `ctx_words` in the context slots."""
+        n = self.prompt.n_ctx
+        return [f"{ctx_words} {p.split(' ', n)[n]}".strip() for p in self.prompt.prompts]
+
+    def all_text_features(self) -> torch.Tensor:
+        """L2-normalised features (C + T, D): category prompts, then concept prompts class by class."""
+        return normalize(self.prompt())
+
+    def text_features(self) -> torch.Tensor:
+        """The category prompts' features (C, D) (what the class logits read)."""
+        return self.all_text_features()[: self.n_classes]
+
+    # -- scores ----------------------------------------------------------------------------------
+    def image_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.adapter(batch["features"].float())
+
+    def _scores(self, batch: dict[str, torch.Tensor], text: torch.Tensor | None = None) -> torch.Tensor:
+        text = self.all_text_features() if text is None else text
+        img = normalize(self.image_features(batch).to(text.dtype))
+        return self.backbone.logit_scale.detach() * img @ text.t()  # (B, C + T)
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._scores(batch, self.all_text_features())[:, : self.n_classes]
+
+    def concept_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cosine similarity (B, T) of each image with every concept prompt (names: `concept_names`)."""
+        return self._scores(batch)[:, self.n_classes:] / self.backbone.logit_scale.detach()
+
+    def concept_contributions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, C, Kmax): concept k's share s cos(x, t_{c,k}) / K_c of class c's concept-averaged logit
+        (padding 0); summed over k it gives `concept_averaged_logits`."""
+        s = self._scores(batch)[:, self.n_classes:][:, self.concept_index]  # (B, C, Kmax)
+        m = self.concept_mask.to(s.dtype)
+        return s * m / m.sum(1, keepdim=True)
+
+    def concept_averaged_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Classification by description: class c scores the mean of its concept prompts' logits (B, C)."""
+        return self.concept_contributions(batch).sum(-1)
+
+    # -- heat maps -------------------------------------------------------------------------------
+    def _targets(self, classes: torch.Tensor) -> list[ClassTarget]:
+        """Category logit of each image's class, then its class's Kmax concept logits (over C + T outputs)."""
+        rows = self.n_classes + self.concept_index[classes]  # (B, Kmax)
+        return [ClassTarget(classes)] + [ClassTarget(rows[:, k]) for k in range(rows.shape[1])]
+
+    def concept_maps(self, batch: dict[str, torch.Tensor], classes: torch.Tensor | None = None, *,
+                     text: torch.Tensor | None = None, create_graph: bool = False) -> ConceptMaps:
+        """Training-time heat maps from the patch tokens (raw, not normalised) of `classes` (default:
+        the predicted class): Grad-CAM of each prompt's score on the adapted patch tokens (the score
+        reads their mean), or patch-prompt similarity maps. `create_graph` keeps them differentiable."""
+        if "patches" not in batch:
+            raise ConfigError("deal heat maps need patch tokens: the batch has no 'patches'")
+        patches = batch["patches"].float()
+        b, n, _ = patches.shape
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ConfigError(f"deal: {n} patch tokens do not form a square grid")
+        text = self.all_text_features() if text is None else text
+        if classes is None:
+            with torch.no_grad():
+                classes = self._scores(batch, text)[:, : self.n_classes].argmax(1)
+        mask = self.concept_mask[classes]
+        if self.config.heatmap == "similarity":
+            sims = similarity_maps(self.adapter(patches), text, grid=(side, side))  # (B, C + T, h, w)
+            rows = torch.arange(b, device=sims.device)
+            cat = sims[rows, classes]
+            con = sims[rows[:, None], self.n_classes + self.concept_index[classes]]
+            if not create_graph:
+                cat, con = cat.detach(), con.detach()
+            return ConceptMaps(con, cat, mask, classes)
+        scale = self.backbone.logit_scale.detach()
+
+        def forward(tokens: torch.Tensor) -> ModelOutput:
+            pooled = self.adapter(tokens).mean(1)  # lite: exactly the global feature
+            return ModelOutput(logits=scale * normalize(pooled.to(text.dtype)) @ text.t())
+
+        cam = GradCAM(forward, self.adapter, reshape=vit_reshape((side, side)))
+        res = cam.compute(patches, self._targets(classes), create_graph=create_graph)
+        return ConceptMaps(res.maps[:, 1:], res.maps[:, 0], mask, classes, res.scores)
+
+    def regularisers(self, maps: ConceptMaps) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R_disen, R_local) of heat maps, after `map_norm`."""
+        con = normalize_heatmaps(maps.concepts, self.config.map_norm)
+        cat = normalize_heatmaps(maps.category, self.config.map_norm)
+        return disentangle_loss(con, maps.mask), localize_loss(con, cat, maps.mask)
+
+    # -- training --------------------------------------------------------------------------------
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        c = self.config
+        labels = batch["labels"]
+        text = self.all_text_features()  # once per step, for the logits and every heat map
+        ce = self.classification_loss(self._scores(batch, text)[:, : self.n_classes], labels)
+        regularised = c.lambda_disen > 0 or c.lambda_local > 0
+        maps = self.concept_maps(batch, labels, text=text, create_graph=regularised)
+        r_disen, r_local = self.regularisers(maps)
+        total = ce + c.lambda_disen * r_disen + c.lambda_local * r_local if regularised else ce
+        return {"loss": total, "ce": ce.detach(), "r_disen": r_disen.detach(), "r_local": r_local.detach()}
+
+    # -- explanations on pixels ------------------------------------------------------------------
+    def pixel_forward(self, text: torch.Tensor | None = None):
+        """pixels -> ModelOutput with logits over the C category and T concept prompts (B, C + T)."""
+        text = self.all_text_features().detach() if text is None else text
+
+        def forward(pixels: torch.Tensor) -> ModelOutput:
+            feats = self.backbone.encode_image(pixels)
+            return ModelOutput(logits=self._scores({"features": feats.global_}, text), features=feats)
+
+        return forward
+
+    def explain(self, pixels: torch.Tensor, classes: torch.Tensor | None = None, *,
+                explainer: Literal["gradcam", "chefer"] = "gradcam", create_graph: bool = False) -> ConceptMaps:
+        """Concept and category heat maps on pixels (B, 3, S, S) for `classes` (default: predicted):
+        Grad-CAM on the backbone's explain layer (any backbone) or Chefer relevance (ViTs)."""
+        if explainer not in ("gradcam", "chefer"):
+            raise ConfigError(f"deal explainer={explainer!r}: expected 'gradcam' or 'chefer'")
+        pixels = pixels.to(self.backbone.device)
+        with torch.no_grad():
+            text = self.all_text_features()
+            if classes is None:
+                classes = self._scores({"features": self.backbone.encode_image(pixels).global_}, text)[
+                    :, : self.n_classes].argmax(1)
+        classes = torch.as_tensor(classes, device=pixels.device).long()
+        forward = self.pixel_forward(text)
+        tool = relevance_for(self.backbone, forward) if explainer == "chefer" else gradcam_for(self.backbone, forward)
+        res = tool.compute(pixels, self._targets(classes), create_graph=create_graph)
+        return ConceptMaps(res.maps[:, 1:], res.maps[:, 0], self.concept_mask[classes], classes, res.scores)
+
+    def concepts_of(self, cls: int) -> list[str]:
+        return list(self.concept_lists.concepts[cls])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "concepts": self.concept_lists.summary(), "prompts": self.prompt_texts()}
