@@ -221,3 +221,25 @@ def test_method_forward_passes_patches_only_when_read(tiny_coop, pixels):
     assert isinstance(out, ModelOutput) and out.logits.shape == (4, 3)
     assert out.features.patches is None
     assert method_forward(tiny_coop, patches=True)(pixels).features.patches.shape == (4, 16, 16)
+
+
+def test_lite_feature_map_hook_equals_per_image_reference(lite, reference_gradcam):
+    # the conv backbone: Grad-CAM on the (B, 1280, 7, 7) feature map of EfficientNet-Lite0
+    from conceptclip.methods import create_method
+
+    method = create_method("zeroshot", lite, ["common nevus", "atypical nevus", "melanoma"]).eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(8))
+    maps = explain_method(method, x).maps
+    ref = []
+    for i in range(2):
+        with torch.no_grad():
+            fmap = lite.tower_features(x[i:i + 1])
+
+        def run(t, fmap=fmap):
+            leaf = fmap.clone().requires_grad_(True)
+            logits = method.logits({"features": lite.project_feature_map(leaf).global_})
+            return logits[0, t], leaf
+        ref.append(reference_gradcam(run, 3, lambda a: a[0]))
+    assert maps.shape == (2, 3, 7, 7)
+    assert (maps - torch.stack(ref)).abs().max() < 1e-5
+    assert maps.amax() > 0
