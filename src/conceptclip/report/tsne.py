@@ -71,5 +71,7 @@ def prompt_token_points(method: Any, concepts: Sequence[str], *, seed: int = 0) 
     if n < 4:
         return None
     perplexity = float(max(2.0, min(30.0, (n - 1) / 3)))
-    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    method = "exact" if n < 500 else "barnes_hut"  # exact is cheap for the few hundred tokens of a prompt
+    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", method=method,
+                  random_state=seed).fit_transform(x)
     return TokenPoints(coords, kinds, labels)

@@ -46,7 +46,7 @@ class ServeConfig:
 
 
 def _mb(n: int) -> str:
-    return f"{n / MB:.1f} MB" if n >= MB / 10 else f"{n / 1024:.0f} KB"
+    return f"{n / MB:.1f} MB" if n >= MB else f"{n / 1024:.0f} KB"
 
 
 class BodyLimit:
@@ -57,7 +57,7 @@ class BodyLimit:
         self.app, self.limit, self.file_limit = app, limit, file_limit
 
     async def _refuse(self, send: Any) -> None:
-        body = json.dumps({"error": f"upload too large: the limit is {_mb(self.file_limit)}"}).encode()
+        body = json.dumps({"error": f"the upload is larger than the limit of {_mb(self.file_limit)}"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
@@ -109,7 +109,7 @@ def decode_upload(data: bytes, filename: str) -> Any:
         try:
             return load_image(path)
         except DataError as exc:
-            reason = str(exc).replace(f"{path}: ", "").replace(str(path), "upload")
+            reason = str(exc).replace(f"{path}: ", "").replace(str(path), filename)
             raise DataError(f"{filename!r} is not an image that can be decoded: {reason}") from None
 
 

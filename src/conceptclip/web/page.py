@@ -83,7 +83,7 @@ h2 { font-size: 15px; margin: 0 0 8px; }
 <script>
 const INFO = __INFO__;
 const $ = (id) => document.getElementById(id);
-function mb(n) { return n >= 104858 ? (n / 1048576).toFixed(1) + " MB" : Math.round(n / 1024) + " KB"; }
+function mb(n) { return n >= 1048576 ? (n / 1048576).toFixed(1) + " MB" : Math.round(n / 1024) + " KB"; }
 $("limit").textContent = mb(INFO.max_bytes);
 $("runinfo").textContent = `run ${INFO.run} · method ${INFO.method} · backbone ${INFO.backbone} · classes: ${INFO.classnames.join(", ")}` +
   (INFO.concepts ? ` · ${INFO.concepts} concepts from ${INFO.concept_source}` : " · no concept bank");
