@@ -192,6 +192,11 @@ class DEAL(Method):
         # one shared context for all C category and T concept prompts: "[V]_1..[V]_M [CAT] with ... ."
         self.prompt = ContextPrompt(backbone, cats + cons, n_ctx=c.n_ctx, ctx_init=c.ctx_init or None,
                                     init_std=c.init_std)
+        lengths = self.prompt.attention_mask.sum(1)
+        if int(lengths.max()) >= backbone.context_length:  # the tokenizer cut the end: concepts would be lost
+            bad = int(lengths.argmax())
+            raise ConfigError(f"deal prompt {self.prompt_texts()[bad]!r} does not fit the backbone's context length "
+                              f"({backbone.context_length} tokens): use fewer or shorter concepts (n_concepts)")
         self.adapter: nn.Module = TokenAdapter(backbone.embed_dim) if c.image_adapter else nn.Identity()
 
     # -- prompts ---------------------------------------------------------------------------------

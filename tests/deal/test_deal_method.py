@@ -1,0 +1,147 @@
+"""DEAL as a method: its prompts, where its concepts come from, its scores and contributions, its
+explanations (Grad-CAM and Chefer relevance on a ViT, similarity maps), errors, and a run through
+the engine that re-loads from its results folder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conceptclip.errors import ConfigError
+from conceptclip.explain import ClassTarget, explain_method, similarity_maps
+from conceptclip.knowledge import Provenance, save_bank, simple_bank
+from conceptclip.knowledge.templates import DEAL as DEAL_TEMPLATE
+from conceptclip.methods import create_method
+from conceptclip.prompts import encode_prompts
+from conceptclip.prompts.concept_lists import resolve_concepts
+from deal_helpers import CONCEPTS, make_deal, token_batch
+
+PAPER = Provenance(kind="paper", citation="a toy list written for this test")
+
+
+def test_prompts_are_the_deal_template_and_start_as_its_text(tiny_clip):
+    method = make_deal(tiny_clip, perturb=False)
+    expected = [DEAL_TEMPLATE.fill(classname=c, concepts=p) for c, p in CONCEPTS.items()] + \
+        [DEAL_TEMPLATE.fill(classname=c, concepts=[x]) for c, p in CONCEPTS.items() for x in p]
+    assert method.prompt_texts() == expected
+    assert expected[0] == "An image of melanoma with blue veil, dark dots, streaks."
+    assert expected[3] == "An image of melanoma with blue veil."
+    # the context starts as the template's words, so the learned prompts start as the written ones
+    with torch.no_grad():
+        torch.testing.assert_close(method.all_text_features(), encode_prompts(tiny_clip, expected), rtol=1e-5,
+                                   atol=1e-6)
+    assert method.concept_names == [x for p in CONCEPTS.values() for x in p]
+
+
+def test_concept_tables_pad_classes_with_fewer_concepts(tiny_clip):
+    method = make_deal(tiny_clip)
+    # flat rows: melanoma 0-2, nevus 3-4 (padded with its first row), keratosis 5-7
+    assert method.concept_index.tolist() == [[0, 1, 2], [3, 4, 3], [5, 6, 7]]
+    assert method.concept_mask.tolist() == [[True] * 3, [True, True, False], [True] * 3]
+
+
+def test_concepts_from_a_bank_file_with_class_map_and_top_k(tiny_clip, tmp_path):
+    bank = simple_bank("toy", {"mel": ["blue veil", "dark dots", "streaks"], "Nevus": ["pigment network"],
+                               "keratosis": ["white cells", "smooth edge"]}, source=PAPER)
+    path = save_bank(bank, tmp_path / "toy.json")
+    method = create_method("deal", tiny_clip, ["melanoma", "nevus", "keratosis"],
+                           {"bank": str(path), "class_map": {"melanoma": "mel"}, "n_concepts": 2})
+    assert method.concept_lists.concepts == [["blue veil", "dark dots"], ["pigment network"],
+                                             ["white cells", "smooth edge"]]
+    assert method.concept_lists.sources["melanoma"] == "bank toy: mel"
+    # the resolved lists are recorded in the config: a results folder re-creates the same prompts
+    assert method.config.concepts["nevus"] == ["pigment network"]
+    assert method.describe()["concepts"]["concepts"]["keratosis"] == ["white cells", "smooth edge"]
+
+
+def test_concept_resolution_errors(tiny_clip, tmp_path):
+    with pytest.raises(ConfigError, match="no concepts: set the bank"):
+        create_method("deal", tiny_clip, ["melanoma", "nevus"])
+    with pytest.raises(ConfigError, match="no concept phrases given for class 'nevus'"):
+        create_method("deal", tiny_clip, ["melanoma", "nevus"], {"concepts": {"melanoma": ["streaks"]}})
+    path = save_bank(simple_bank("toy", {"melanoma": ["streaks"]}, source=PAPER), tmp_path / "b.json")
+    with pytest.raises(ConfigError, match="no class 'nevus'.*class_map"):
+        create_method("deal", tiny_clip, ["melanoma", "nevus"], {"bank": str(path)})
+    with pytest.raises(ConfigError, match="heatmap"):
+        make_deal(tiny_clip, {"heatmap": "lime"})
+    with pytest.raises(ConfigError, match="single-label"):
+        create_method("deal", tiny_clip, list(CONCEPTS), {"concepts": CONCEPTS}, multilabel=True)
+    with pytest.raises(ConfigError, match="context length"):  # 40 concepts do not fit 32 tokens
+        create_method("deal", tiny_clip, ["melanoma"], {"concepts": {"melanoma": ["dark dots"] * 20}, "n_concepts": 0})
+
+
+@pytest.mark.shared_data
+def test_ph2_uses_the_ph2_criteria_bank(tiny_clip, ph2):
+    lists = resolve_concepts(ph2.classnames, bank="ph2", top_k=6)
+    assert lists.concepts[0][:2] == ["typical pigment network", "symmetric shape"]
+    assert lists.counts == [5, 6, 6]
+    assert "blue-whitish veil" in lists.concepts[2]
+
+
+def test_contributions_sum_to_the_concept_averaged_logits(tiny_clip):
+    method = make_deal(tiny_clip)
+    batch = token_batch(tiny_clip.embed_dim)
+    with torch.no_grad():
+        contrib = method.concept_contributions(batch)
+        text = method.all_text_features()
+        x = F.normalize(method.adapter(batch["features"]), dim=-1)
+        s = tiny_clip.logit_scale
+        # nevus (class 1) has two concepts, rows 3 and 4 of the concept prompts (after the 3 category prompts)
+        torch.testing.assert_close(contrib[:, 1, 0], s * x @ text[3 + 3] / 2)
+        assert contrib[:, 1, 2].abs().max() == 0  # padding contributes nothing
+        torch.testing.assert_close(method.concept_averaged_logits(batch), contrib.sum(-1))
+        torch.testing.assert_close(method.concept_scores(batch), x @ text[3:].t(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(method.logits(batch), s * x @ text[:3].t())
+
+
+def test_similarity_heatmaps_are_adapted_patch_prompt_similarities(tiny_clip):
+    method = make_deal(tiny_clip, {"heatmap": "similarity", "map_norm": "minmax"})
+    batch = token_batch(tiny_clip.embed_dim)
+    maps = method.concept_maps(batch, batch["labels"], create_graph=True)
+    assert maps.concepts.requires_grad
+    with torch.no_grad():
+        sims = similarity_maps(method.adapter(batch["patches"]), method.all_text_features(), grid=(4, 4))
+    i = 1  # a nevus image: category prompt 1, concept prompts 3 + (3, 4)
+    torch.testing.assert_close(maps.category[i].detach(), sims[i, 1])
+    torch.testing.assert_close(maps.concepts[i, :2].detach(), sims[i, [6, 7]])
+    terms = method.loss(batch)
+    assert float(terms["r_disen"]) < 0 and float(terms["r_local"]) > 0
+
+
+@pytest.mark.parametrize("explainer", ["gradcam", "chefer"])
+def test_explain_on_a_vit(tiny_clip, explainer):
+    method = make_deal(tiny_clip).eval()
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    classes = torch.tensor([0, 1, 2])
+    out = method.explain(pixels, classes, explainer=explainer)
+    assert out.concepts.shape == (3, 3, 4, 4) and out.category.shape == (3, 4, 4)
+    assert out.mask.tolist() == method.concept_mask.tolist()
+    assert torch.isfinite(out.concepts).all() and float(out.concepts.abs().sum()) > 0
+    # the category map is the explainer's map of the class logit, as for any other method
+    ref = explain_method(method, pixels, [ClassTarget(classes)], explainer=explainer).maps[:, 0]
+    torch.testing.assert_close(out.category, ref, rtol=1e-4, atol=1e-6)
+    # default: the predicted class
+    with torch.no_grad():
+        pred = method.logits({"features": tiny_clip.encode_image(pixels).global_}).argmax(1)
+    assert method.explain(pixels, explainer=explainer).classes.tolist() == pred.tolist()
+
+
+def test_runs_through_the_engine_and_reloads(tiny_clip, image_folder, tmp_path):
+    from conceptclip.data import FeatureCache, fewshot_split, holdout_split, load_dataset
+    from conceptclip.engine import run_experiment
+    from conceptclip.engine.load import load_run
+
+    ds = load_dataset(image_folder)
+    split = fewshot_split(ds, holdout_split(ds), 2, 1)
+    concepts = {"cat": ["small", "dark"], "dog": ["large"], "fish": ["round", "smooth"]}
+    run = tmp_path / "run"
+    metrics = run_experiment("deal", ds, split, tiny_clip, run, cache=FeatureCache(tmp_path / "cache"),
+                             method_config={"concepts": concepts},
+                             train_config={"epochs": 2, "batch_size": 4, "progress": False})
+    hist = [line for line in (run / "history.jsonl").read_text().splitlines()]
+    assert len(hist) == 2 and '"r_disen"' in hist[0] and '"r_local"' in hist[0]
+    method, cfg = load_run(run)
+    assert cfg["method"]["config"]["concepts"] == concepts
+    assert method.concept_lists.concepts == [["small", "dark"], ["large"], ["round", "smooth"]]
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
