@@ -144,3 +144,21 @@ def test_report_command(demo_like, tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nope"), "-o", str(tmp_path / "x.html")])
     assert res.exit_code != 0 and isinstance(res.exception, ConfigError)
     assert "run folder not found" in str(res.exception)
+
+
+def test_a_run_that_does_not_load_gets_a_note_not_a_crash(demo_like, tmp_path):
+    """A model.safetensors that does not fit its method (e.g. saved by an older version): the page
+    is still written, with the reason in place of the cards."""
+    import shutil
+
+    from conceptclip.io import save_tensors
+    from conceptclip.report.build import build_report
+
+    run = tmp_path / "runs" / "coop_seed1"
+    shutil.copytree(demo_like["runs"] / "coop_seed1", run)
+    save_tensors(run / "model.safetensors", {"not_a_parameter": torch.zeros(3)})
+    out = tmp_path / "r.html"
+    summary = build_report([tmp_path / "runs"], out, dataset=str(demo_like["data"]), images=2)
+    assert summary["cards"] == 0
+    html = out.read_text()
+    assert "No per-image cards or t-SNE: the run does not load (" in html and "model.safetensors" in html

@@ -339,7 +339,8 @@ def _slug(text: str) -> str:
 
 # ---- the page ---------------------------------------------------------------------------
 def build_report(paths: Sequence[str | Path], out: str | Path, *, dataset: str | None = None,
-                 bank: str | None = None, images: int = 4, tsne: bool = True, device: str | None = None,
+                 bank: str | None = None, concept_template: str | None = None, images: int = 4, tsne: bool = True,
+                 device: str | None = None,
                  title: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Write the report for the runs at or below `paths` to `out`; return what it holds
     ({"out", "runs", "groups", "cards", "figures", "bytes"})."""
@@ -371,7 +372,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path, *, dataset: str |
                               "auc_classes": classes, "auc_rows": auc_rows, "figures": figs, "cards": [],
                               "card_note": "", "prompt_text": None, "concept_source": ""}
         if images > 0 or tsne:
-            extra = _explained(g, datasets, backbones, concept_cache, bank, images, tsne, device, log)
+            extra = _explained(g, datasets, backbones, concept_cache, bank, concept_template, images, tsne, device, log)
             vg["figures"] = figs + extra.pop("figures", [])
             vg.update(extra)
         n_cards += len(vg["cards"])
@@ -393,7 +394,8 @@ def build_report(paths: Sequence[str | Path], out: str | Path, *, dataset: str |
 
 
 def _explained(g: RunGroup, datasets: _Datasets, backbones: dict, concept_cache: dict, bank: str | None,
-               images: int, tsne: bool, device: str | None, log: Callable[[str], None]) -> dict[str, Any]:
+               concept_template: str | None, images: int, tsne: bool, device: str | None,
+               log: Callable[[str], None]) -> dict[str, Any]:
     """Cards, t-SNE and the prompts' textual explanation of a group's first run (one model load)."""
     from conceptclip.report.explainer import RunExplainer, load_concepts
     from conceptclip.report.overlay import png_data_url
@@ -407,10 +409,14 @@ def _explained(g: RunGroup, datasets: _Datasets, backbones: dict, concept_cache:
         return out
     ckey = f"{bank}|{run.config.get('dataset')}|{run.config.get('template')}"
     if ckey not in concept_cache:
-        concept_cache[ckey] = load_concepts(bank, run.config)
+        concept_cache[ckey] = load_concepts(bank, run.config, concept_template)
     concepts = concept_cache[ckey]
     log(f"explaining {g.label} with {_rel(run.path)} ...")
-    explainer = RunExplainer(run.path, concepts=concepts, device=device, backbones=backbones, load_bank=False)
+    try:
+        explainer = RunExplainer(run.path, concepts=concepts, device=device, backbones=backbones, load_bank=False)
+    except ConceptClipError as exc:  # e.g. a run saved by an older version of its method
+        out["card_note"] = f"No per-image cards or t-SNE: the run does not load ({exc})."
+        return out
     extra_figs = []
     if tsne and concepts is not None:
         points = prompt_token_points(explainer.method, concepts.names)

@@ -22,6 +22,8 @@ def report(
                                                      "default: 'ph2' for PH2 runs"),
     concepts: Optional[str] = typer.Option(None, "--concepts", help="concept bank (JSON file or shared-bank name); "
                                                                     "default: the shared bank named like the dataset"),
+    concept_template: Optional[str] = typer.Option(None, help="prompt of a concept phrase, e.g. 'an image showing {}' "
+                                                              "(default: from the run's class template)"),
     images: int = typer.Option(4, help="per-image cards per group (0: none)"),
     tsne: bool = typer.Option(True, help="t-SNE of learned prompt vs concept tokens (prompt methods); with --images 0 --no-tsne no model is loaded"),
     title: Optional[str] = typer.Option(None, help="page title"),
@@ -31,6 +33,6 @@ def report(
     confusion and calibration plots, per-image explanation cards, run configs and split hashes)."""
     from conceptclip.report.build import build_report
 
-    summary = build_report(runs, out, dataset=dataset, bank=concepts, images=images, tsne=tsne,
+    summary = build_report(runs, out, dataset=dataset, bank=concepts, concept_template=concept_template, images=images, tsne=tsne,
                            device=device, title=title, log=console.print)
     typer.echo(json.dumps(summary))

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from conceptclip.errors import ConfigError, KnowledgeError
+from conceptclip.errors import CheckpointError, ConfigError, KnowledgeError
 
 
 @dataclass
@@ -131,7 +131,12 @@ def load_run_shared(run: str | Path, backbones: dict[str, Any], device: str | No
 
     method = create_method(cfg["method"]["method"], backbones[key], cfg["classnames"], cfg["method"]["config"],
                            template=cfg.get("template", "a photo of a {}."), multilabel=cfg.get("multilabel", False))
-    method.load_learned_state(load_method_weights(run / "model.safetensors"))
+    weights = run / "model.safetensors"
+    try:
+        method.load_learned_state(load_method_weights(weights))
+    except (ConfigError, RuntimeError) as exc:  # as load_run: name the file, not a torch stack
+        msg = str(exc).strip().splitlines()[0][:300]
+        raise CheckpointError(f"{weights}: does not fit method {cfg['method']['method']!r} ({msg})") from None
     return method.eval(), cfg
 
 
@@ -139,8 +144,8 @@ class RunExplainer:
     """A trained run, ready to explain single images."""
 
     def __init__(self, run_dir: str | Path, *, concepts: ConceptSet | None = None, bank: str | Path | None = None,
-                 device: str | None = None, alpha: float = 0.5, backbones: dict[str, Any] | None = None,
-                 load_bank: bool = True) -> None:
+                 concept_template: str | None = None, device: str | None = None, alpha: float = 0.5,
+                 backbones: dict[str, Any] | None = None, load_bank: bool = True) -> None:
         from conceptclip.explain.command import available_explainers
         from conceptclip.prompts import encode_prompts
 
@@ -151,7 +156,7 @@ class RunExplainer:
         self.alpha = alpha
         self.explainers = available_explainers(self.method)
         if concepts is None and load_bank:
-            concepts = load_concepts(bank, self.config)
+            concepts = load_concepts(bank, self.config, concept_template)
         self.concepts = concepts
         self.concept_features = encode_prompts(self.backbone, concepts.prompts) if concepts else None
         self.prompt_nearest = self._prompt_nearest()

@@ -31,20 +31,20 @@ code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-
 .figs img { max-width: 520px; border: 1px solid var(--line); }
 figcaption { font-size: 12px; color: var(--muted); max-width: 520px; }
 .group { border: 1px solid var(--line); border-radius: 8px; padding: 4px 18px 14px; margin: 18px 0; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); gap: 14px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(285px, 1fr)); gap: 12px; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: 10px; background: #fff; }
 .card .top { display: flex; gap: 10px; }
 .card .top img { width: 128px; height: 128px; object-fit: cover; image-rendering: auto; border-radius: 4px; }
 .card .pred { font-weight: 600; }
 .ok { color: var(--ok); } .bad { color: var(--bad); }
 .bars { margin: 8px 0; }
-.bar { display: grid; grid-template-columns: 150px 1fr 50px; gap: 6px; align-items: center; font-size: 12px; margin: 2px 0; }
+.bar { display: grid; grid-template-columns: 132px 1fr 46px; gap: 6px; align-items: center; font-size: 12px; margin: 2px 0; }
 .bar .track { background: #eef1f4; height: 10px; border-radius: 5px; overflow: hidden; }
 .bar .fill { background: #e08a1e; height: 10px; }
 .bar .name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 .maps { display: flex; flex-wrap: wrap; gap: 6px; }
-.maps figure { margin: 0; width: 96px; }
-.maps img { width: 96px; height: 96px; border-radius: 3px; }
+.maps figure { margin: 0; width: 84px; }
+.maps img { width: 84px; height: 84px; border-radius: 3px; }
 .maps figcaption { font-size: 10.5px; line-height: 1.2; }
 .rationale { font-size: 12.5px; margin: 6px 0 0; padding-left: 18px; }
 details { margin: 4px 0; }

@@ -128,7 +128,8 @@ def explanation_json(result: Any, top_k: int) -> dict[str, Any]:
 
 
 def create_app(run_dir: str | Path | None = None, *, explainer: Any = None, bank: str | None = None,
-               config: ServeConfig | None = None, device: str | None = None) -> Any:
+               concept_template: str | None = None, config: ServeConfig | None = None,
+               device: str | None = None) -> Any:
     """The FastAPI app over `run_dir` (or a ready `report.explainer.RunExplainer`)."""
     try:
         from fastapi import FastAPI, Request
@@ -146,7 +147,7 @@ def create_app(run_dir: str | Path | None = None, *, explainer: Any = None, bank
     if explainer is None:
         if run_dir is None:
             raise ConfigError("serve: expected a run folder")
-        explainer = RunExplainer(run_dir, bank=bank, device=device)
+        explainer = RunExplainer(run_dir, bank=bank, concept_template=concept_template, device=device)
     info = {"run": Path(explainer.run_dir).name, "method": explainer.method_name, "classnames": explainer.classnames,
             "backbone": explainer.config.get("backbone"), "dataset": explainer.config.get("dataset"),
             "explainers": explainer.explainers, "concepts": len(explainer.concepts.names) if explainer.concepts else 0,

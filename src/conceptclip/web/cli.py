@@ -30,6 +30,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port"),
     concepts: Optional[str] = typer.Option(None, "--concepts", help="concept bank (JSON file or shared-bank name); "
                                                                     "default: the shared bank named like the dataset"),
+    concept_template: Optional[str] = typer.Option(None, help="prompt of a concept phrase, e.g. 'an image showing {}' "
+                                                              "(default: from the run's class template)"),
     max_mb: float = typer.Option(10.0, help="largest accepted upload in MB"),
     queue: int = typer.Option(4, help="requests that may wait while one image is explained; more get 503"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda"),
@@ -47,7 +49,7 @@ def serve(
         raise ConfigError(f"--port {port}: expected 1-65535")
     if max_mb <= 0:
         raise ConfigError(f"--max-mb {max_mb}: expected a positive size")
-    app = create_app(run, bank=concepts, device=device, config=ServeConfig(max_bytes=int(max_mb * MB), max_queue=queue))
+    app = create_app(run, bank=concepts, concept_template=concept_template, device=device, config=ServeConfig(max_bytes=int(max_mb * MB), max_queue=queue))
     if not is_loopback(host):
         console.print(f"[yellow]warning:[/yellow] serving on {host}: other machines can reach the demo and upload "
                       "images; it has no authentication")
