@@ -240,3 +240,32 @@ def test_lite_feature_prompt_starts_at_the_frozen_tower(lite, lite_pixels):
     assert not torch.allclose(out, ref.global_, atol=1e-3)
     out.sum().backward()
     assert p.prompt.grad is not None and all(q.grad is None for q in lite.parameters())
+
+
+@pytest.mark.slow
+def test_engine_run_and_reload_from_the_results_folder(image_folder, tiny_clip, tmp_path):
+    """`run_experiment` trains ECOR on pixels (shallow VPT on tiny-clip); `load_run` rebuilds it from
+    config.json alone (the bank travels as a file path) and reproduces the saved predictions."""
+    import json
+
+    from conceptclip.data import FeatureCache, fewshot_split, holdout_split
+    from conceptclip.data.dataset import from_folder
+    from conceptclip.engine import predict, run_experiment
+    from conceptclip.engine.data import build_part
+    from conceptclip.engine.load import load_run
+    from conceptclip.knowledge.schema import save_bank
+
+    bank = save_bank(simple_bank("pets", {"cat": ["white dots"], "dog": ["dark spots", "white dots"],
+                                          "fish": ["blue network"]}, PROV), tmp_path / "pets.json")
+    ds = from_folder(image_folder)
+    split = fewshot_split(ds, holdout_split(ds), 2, 1)
+    out = tmp_path / "run"
+    metrics = run_experiment("ecor", ds, split, tiny_clip, out,
+                             method_config={"bank": str(bank), "visual_prompt": "shallow", "n_prompt_tokens": 2},
+                             train_config={"epochs": 2, "progress": False})
+    assert metrics["test"]["n"] == len(split.parts["test"])
+    assert json.loads((out / "config.json").read_text())["method"]["rationale_space"]["pairs"] == 4
+    method, _ = load_run(out)
+    probs = predict(method, build_part(ds, split.parts["test"], method.inputs, method.backbone, FeatureCache()))
+    rows = [line.split(",") for line in (out / "predictions.csv").read_text().splitlines()[1:]]
+    assert torch.allclose(probs, torch.tensor([[float(v) for v in r[3:]] for r in rows]), atol=1e-5)
