@@ -18,7 +18,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -331,10 +330,6 @@ def run_row(r: RunRecord) -> dict[str, Any]:
             "fit": f"{m['fit_seconds']:.1f}" if isinstance(m.get("fit_seconds"), (int, float)) else "",
             "best_epoch": m.get("best_epoch", "") if m.get("best_epoch") is not None else "",
             "config": json.dumps(cfg, indent=2, ensure_ascii=False)}
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 # ---- the page ---------------------------------------------------------------------------

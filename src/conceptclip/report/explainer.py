@@ -180,7 +180,7 @@ class RunExplainer:
     def explain_batch(self, images: Sequence[Image.Image]) -> list[ImageExplanation]:
         from conceptclip.explain.maps import center_crop_geometry
         from conceptclip.explain.method import gradcam_for, method_forward, method_text_features, relevance_for
-        from conceptclip.explain.similarity import concept_scores, similarity_maps
+        from conceptclip.explain.similarity import similarity_maps
         from conceptclip.explain.targets import ClassTarget
         from conceptclip.report.overlay import overlay
 

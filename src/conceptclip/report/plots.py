@@ -70,8 +70,8 @@ def reliability_png(confidence: np.ndarray, accuracy: np.ndarray, count: np.ndar
     ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.legend(fontsize=7, loc="upper left")
-    ax.set_title((title or "reliability") + (f" · ECE {ece:.3f}" if ece is not None else ""), fontsize=9)
+    ax.legend(fontsize=6.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    ax.set_title((title or "reliability") + (f" · ECE {ece:.3f}" if ece is not None else ""), fontsize=9, pad=16)
     axc.bar(centers, cnt, width=1 / n_bins, color="#999999")
     axc.set_xlim(0, 1)
     axc.set_xlabel("confidence")
@@ -100,7 +100,9 @@ def history_png(histories: Sequence[tuple[str, list[dict[str, Any]]]], title: st
     ax.set_ylabel("training loss (solid)")
     ax2.set_ylabel("validation metric (dashed)")
     ax.set_title(title or "training", fontsize=9)
-    ax.legend(fontsize=6, loc="upper right")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     return figure_png(fig)
 
 

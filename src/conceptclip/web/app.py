@@ -33,7 +33,7 @@ class ServeConfig:
     """Limits of the demo server."""
 
     max_bytes: int = 10 * MB  # largest accepted upload
-    max_concurrency: int = 1  # explanations computed at once
+    max_concurrency: int = 1  # explanations computed at once (1: Grad-CAM hooks on one model are not thread-safe)
     max_queue: int = 4  # requests allowed to wait for a slot; more get 503
     top_concepts: int = 8  # concept bars shown
 
