@@ -78,6 +78,8 @@ def main() -> None:  # noqa: C901 - one linear experiment
     ap.add_argument("--top-k", type=int, default=None)
     ap.add_argument("--align-epochs", type=int, default=300)
     ap.add_argument("--rows", nargs="*", default=None, help="only these rows (names as in the table)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
+                    help="method option for every row, e.g. max_rationales=5")
     args = ap.parse_args()
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -123,6 +125,9 @@ def main() -> None:  # noqa: C901 - one linear experiment
     base_cfg = {"bank": str(bank_path), "visual_prompt": "shallow"}
     if args.top_k:
         base_cfg["top_k"] = args.top_k
+    for item in args.set:
+        key, _, value = item.partition("=")
+        base_cfg[key] = json.loads(value)
     rows = {
         "zero-shot CLIP": None, "class prior": None,
         "DROR (frozen)": ("dror", {"visual_prompt": "none"}),
@@ -208,12 +213,13 @@ def main() -> None:  # noqa: C901 - one linear experiment
         cells = [f"{m:.3f} ± {sd:.3f}" if m is not None else "–" for m, sd in (s[k] for k in keys)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = head + "\n".join(lines) + "\n"
-    notes = (f"\nPH2 test pool {len(test_ids)} images, {args.shots}-shot training, seeds {args.seeds}; "
+    notes = (f"\nPH2 test pool {len(test_ids)} images, {args.shots}-shot training, seeds {args.seeds}, "
+             f"options {base_cfg}; "
              f"centre-Gaussian pointing game {centre:.3f}; ablations: "
              + "; ".join(f"{k}: {v[1]}" for k, v in ABLATIONS.items()) + "\n")
     print("\n" + table + notes)
     write_json(args.out / "ecor_ph2.json", {"runs": results, "summary": summary, "centre_pointing_game": centre,
-                                            "shots": args.shots, "seeds": args.seeds, "bank": str(bank_path),
+                                            "shots": args.shots, "seeds": args.seeds, "options": base_cfg,
                                             "rationale_space": space.summary(), "vocabulary": space.vocab})
     write_text(args.out / "ecor_ph2.md", table + notes)
     print(f"total {time.perf_counter() - t0:.0f} s", flush=True)
