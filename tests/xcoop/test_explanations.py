@@ -73,6 +73,21 @@ def test_textual_explanation_ranks_concepts_by_cosine_distance(tiny_clip, tmp_pa
     assert set(d["token_alignment"]) == set(CLASSES)
 
 
+def test_rationale_names_the_concepts_nearest_to_the_predicted_class_prompt(tiny_clip, tmp_path, batch):
+    from conceptclip.knowledge.schema import Provenance, save_bank, simple_bank
+
+    bank = save_bank(simple_bank("toy", {"melanoma": ["blue veil", "dark dots"], "nevus": ["round shape"]},
+                                 Provenance(kind="annotation", citation="hand-written test bank")), tmp_path / "b.json")
+    method = create_method("xcoop", tiny_clip, CLASSES, {"bank": str(bank), "modality": "photo"})
+    out = method.explain(batch, k=2)
+    tex = explain_textually(method)
+    pred = method.logits(batch).argmax(1)
+    assert len(out["rationale"]) == batch["features"].shape[0]
+    for i, c in enumerate(pred.tolist()):
+        names = [tex.concepts[int(j)] for j in tex.ranking[c, :2]]
+        assert out["rationale"][i] == f"{CLASSES[c]}: its learned prompt lies nearest to {', '.join(names)}"
+
+
 def test_concept_scores_are_cosines_with_the_concept_prompts(tiny_clip, tmp_path, batch):
     from conceptclip.knowledge.schema import Provenance, save_bank, simple_bank
 

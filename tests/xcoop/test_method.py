@@ -142,7 +142,7 @@ def test_bank_concepts_build_the_clinical_prompts(tiny_clip, tmp_path):
     assert method.knowledge.clinical_prompts == {
         "melanoma": "a photo image of melanoma, which has blue veil, dark dots.",
         "nevus": "a photo image of nevus, which has round shape."}
-    assert method.concept_names() == ["blue veil", "dark dots", "round shape"]
+    assert method.concept_names == ["blue veil", "dark dots", "round shape"]
     top1 = create_method("xcoop", tiny_clip, CLASSES, {"bank": str(_bank(tmp_path)), "modality": "photo", "top_k": 1})
     assert top1.knowledge.concepts["melanoma"] == ["blue veil"]
     mapped = create_method("xcoop", tiny_clip, ["mel", "nevus"], {"bank": str(_bank(tmp_path)), "modality": "photo",

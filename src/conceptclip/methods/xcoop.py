@@ -191,6 +191,8 @@ class XCoOp(Method):
         if c.top_k < 0:
             raise ConfigError(f"xcoop top_k={c.top_k}: expected 0 (all concepts) or a positive number")
         self.knowledge = resolve_knowledge(c, self.classnames)
+        # every clinical concept of every class, in first-appearance order (names of `concept_scores`)
+        self.concept_names = list(dict.fromkeys(p for n in self.classnames for p in self.knowledge.concepts[n]))
         texts = self.knowledge.clinical_prompts
         if c.knowledge == "irrelevant":
             texts = irrelevant_prompts(self.knowledge, c.modality, c.knowledge_seed)
@@ -245,14 +247,10 @@ class XCoOp(Method):
         return {"loss": total, **terms}
 
     # -- explanations ----------------------------------------------------------------------
-    def concept_names(self) -> list[str]:
-        """Every clinical concept of every class, in first-appearance order."""
-        return list(dict.fromkeys(p for c in self.classnames for p in self.knowledge.concepts[c]))
-
     @torch.no_grad()
     def concept_features(self, concepts: Sequence[str] | None = None) -> torch.Tensor:
         """L2-normalised features (K, D) of one prompt per concept (`concept_template`)."""
-        concepts = list(concepts) if concepts is not None else self.concept_names()
+        concepts = list(concepts) if concepts is not None else self.concept_names
         if not concepts:
             raise ConfigError("xcoop: no clinical concepts to explain with (prompts were given as text; "
                               "pass the concepts explicitly)")
@@ -260,9 +258,24 @@ class XCoOp(Method):
         return normalize(self.backbone.encode_texts(texts).float())
 
     def concept_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """cos(f, concept prompt k) of each image (B, K), concepts in `concept_names()` order."""
+        """cos(f, concept prompt k) of each image (B, K), concepts in `concept_names` order."""
         concepts = self.concept_features().to(batch["features"].device)
         return normalize(batch["features"].float()) @ concepts.t()
+
+    @torch.no_grad()
+    def explain(self, batch: dict[str, torch.Tensor], k: int = 3) -> dict[str, Any]:
+        """Per image, a one-line rationale: the predicted class and the `k` clinical concepts its
+        learned prompt lies nearest to (cosine distance, the textual explanation of the paper)."""
+        from conceptclip.metrics.prompt_distance import prompt_concept_distance
+
+        if not self.concept_names:
+            return {}
+        dist = prompt_concept_distance(self.text_features().float().cpu(), self.concept_features().cpu())
+        pred = self.logits(batch).argmax(1).tolist()
+        nearest = {c: [self.concept_names[int(j)] for j in dist.ranking[c, :k]] for c in set(pred)}
+        return {"rationale": [f"{self.classnames[c]}: its learned prompt lies nearest to "
+                              f"{', '.join(nearest[c])}" for c in pred],
+                "nearest_concepts": {self.classnames[c]: v for c, v in nearest.items()}}
 
     def describe(self) -> dict[str, Any]:
         tok = getattr(self.backbone, "tokenizer", None)
@@ -356,7 +369,7 @@ def explain_textually(method: XCoOp, concepts: Sequence[str] | None = None, marg
     concept prompt, ranked (`explain.explain_prompt`), with the agreement and token statistics."""
     from conceptclip.explain.textual import explain_prompt
 
-    names = list(concepts) if concepts is not None else method.concept_names()
+    names = list(concepts) if concepts is not None else method.concept_names
     feats = method.concept_features(names)
     base = explain_prompt(method, feats, names)
     home = home_classes(method.knowledge, method.classnames, names, margin)
