@@ -1,0 +1,197 @@
+"""DEAL vs CoOp on PH2 (`lite` backbone): accuracy and DEAL's four concept-explanation metrics over seeds.
+
+1. Stratified hold-out pools of PH2 (50 / 20 / 30 %); the `lite` heads aligned once on the train
+   pool's image-caption pairs; per seed a K-shot split (the few-shot protocol).
+2. CoOp, DEAL and (with --ablation) DEAL without R_disen / R_local, trained with the same schedule.
+   Concepts: the PH2 criteria per diagnosis (`knowledge.ph2_bank`, present in >= 25 % of a class's
+   images; the first six): "An image of melanoma with atypical pigment network, dark-brown colour, ...".
+3. On the test pool, per image, the concept maps of its true class (Grad-CAM on the pixels, the lite
+   tower's 7 x 7 grid). CoOp learns no concepts and keeps the image side frozen: its concept maps
+   are those of the written concept prompts on the frozen backbone (DEAL before training).
+   - disentanglability: mean normalised pairwise L1 distance between an image's concept maps;
+   - localisability: insertion AUC (pixels inserted by each concept map onto a blurred copy of
+     the image, RISE's 11 px / sigma 5 kernel) of the model's probability of the true class, mean
+     over concepts (on --ins-per-class images per class, to bound the cost);
+   - part mIoU: each concept map (min-max normalised, threshold 0.5) against the expert lesion
+     mask (PH2 has no per-criterion masks: every criterion lies in the lesion);
+   - concept-averaged accuracy: `metrics.concept_averaged_accuracy` (per concept slot k, classify by
+     the k-th concept prompt of every class; mean over slots) and the accuracy of classification by
+     description (class score = mean over its concept prompts).
+
+    python benchmarks/deal_ph2.py --out runs/deal_ph2 [--seeds 1 2 3] [--shots 16] [--epochs 30] [--ablation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import numpy as np
+import torch
+
+
+def lesion_masks(samples, size: int) -> torch.Tensor:
+    from PIL import Image
+
+    from conceptclip.explain import center_crop_geometry
+
+    out = []
+    for s in samples:
+        with Image.open(s.mask) as m:
+            out.append(torch.from_numpy(np.asarray(center_crop_geometry(m.convert("L"), size, Image.NEAREST)) > 127))
+    return torch.stack(out)
+
+
+def prepare_backbone(out: Path, dataset, pools, align_epochs: int):
+    from conceptclip.backbones.align import AlignConfig, align
+    from conceptclip.backbones.lite import LiteBackbone
+    from conceptclip.data import FeatureCache
+
+    heads = out / "lite_heads.safetensors"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = LiteBackbone(heads=heads if heads.exists() else None).freeze()
+    if not heads.exists():
+        s = align(backbone, dataset, pools.parts["train"], heads, AlignConfig(epochs=align_epochs), cache=FeatureCache())
+        print(f"aligned lite heads: loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}", flush=True)
+    return backbone
+
+
+def evaluate(method, maps_model, dataset, ids: list[str], ins_ids: set[str], steps: int, batch: int) -> dict:
+    """The four metrics of `method` (probabilities) with the concept maps of `maps_model` (a DEAL)."""
+    from conceptclip.data import load_image
+    from conceptclip.metrics import (
+        accuracy,
+        concept_averaged_accuracy,
+        disentanglability,
+        insertion_auc,
+        part_miou,
+    )
+
+    bb = maps_model.backbone
+    samples = [dataset.by_id(i) for i in ids]
+    dis, ins, maps_all, masks_all, valid_all = [], [], [], [], []
+    slot_scores, cbd_logits, labels = [], [], []
+    kmin = int(maps_model.concept_mask.sum(1).min())
+    for s in range(0, len(samples), batch):
+        chunk = samples[s:s + batch]
+        pixels = bb.preprocess([load_image(x.path) for x in chunk])
+        y = torch.tensor([x.label for x in chunk])
+        labels.append(y)
+        with torch.no_grad():
+            feats = {"features": bb.encode_image(pixels).global_}
+            contrib = maps_model.concept_contributions(feats)  # (B, C, Kmax), zero-shot or DEAL prompts
+            cbd_logits.append(contrib.sum(-1))
+            slot_scores.append(contrib[:, :, :kmin].transpose(1, 2))  # (B, Kmin, C): slot k of every class
+        out = maps_model.explain(pixels, y)
+        m, valid = out.concepts.detach(), out.mask
+        maps_all.append(m)
+        valid_all.append(valid)
+        masks_all.append(lesion_masks(chunk, bb.image_size))
+        for c in y.unique().tolist():  # disentanglability over each class's real concepts only
+            rows = (y == c).nonzero()[:, 0]
+            k = int(valid[rows[0]].sum())
+            dis.append(disentanglability(m[rows, :k], reduction="none"))
+
+        def prob(x: torch.Tensor, y=y) -> torch.Tensor:
+            with torch.no_grad():
+                logits = method.logits({"features": bb.encode_image(x).global_})
+            return method.probabilities(logits)[torch.arange(x.shape[0]), y]
+
+        pick = torch.tensor([x.id in ins_ids for x in chunk])
+        if pick.any():
+            for k in range(m.shape[1]):
+                rows = (pick & valid[:, k]).nonzero()[:, 0]
+                if len(rows):
+                    ins.append(insertion_auc(lambda x, r=rows: prob(x, y[r]), pixels[rows], m[rows, k],
+                                             n_steps=steps).auc)
+    y = torch.cat(labels)
+    maps, valid, masks = torch.cat(maps_all), torch.cat(valid_all), torch.cat(masks_all)
+    masks = masks[:, None].expand(-1, maps.shape[1], -1, -1)
+    return {
+        "disentanglability": float(torch.nanmean(torch.cat(dis).double())),
+        "localisability_insertion_auc": float(torch.cat(ins).mean()),
+        "part_miou_lesion": part_miou(maps, masks, valid=valid),
+        "concept_averaged_accuracy": concept_averaged_accuracy(torch.cat(slot_scores), y),
+        "classification_by_description_accuracy": accuracy(torch.cat(cbd_logits), y),
+        "n_test": len(ids), "n_insertion_images": len(ins_ids),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/deal_ph2"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--shots", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=30, help="every method (CoOp's paper default is 50)")
+    ap.add_argument("--align-epochs", type=int, default=300)
+    ap.add_argument("--ablation", action="store_true", help="also DEAL without R_disen and R_local")
+    ap.add_argument("--ins-steps", type=int, default=10)
+    ap.add_argument("--ins-per-class", type=int, default=5, help="test images per class for insertion AUC")
+    ap.add_argument("--batch", type=int, default=20)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+
+    from conceptclip.data import FeatureCache, fewshot_split, holdout_split, load_dataset
+    from conceptclip.engine import run_experiment
+    from conceptclip.engine.load import load_run
+    from conceptclip.io import write_json
+    from conceptclip.methods import create_method
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset("ph2")
+    pools = holdout_split(dataset)
+    backbone = prepare_backbone(args.out, dataset, pools, args.align_epochs)
+    test_ids = list(pools.parts["test"])
+    ins_ids = {i for c in range(len(dataset.classnames))
+               for i in [t for t in test_ids if dataset.by_id(t).label == c][: args.ins_per_class]}
+    zero_shot = create_method("deal", backbone, dataset.classnames, dataset=dataset).eval()  # written prompts
+    methods = [("coop", {}), ("deal", {})] + ([("deal_ablation", {"lambda_disen": 0.0, "lambda_local": 0.0})]
+                                             if args.ablation else [])
+    rows: dict[str, list[dict]] = {}
+    cache = FeatureCache()
+    for seed in args.seeds:
+        split = fewshot_split(dataset, pools, args.shots, seed)
+        for name, mconf in methods:
+            run = args.out / f"{name}_K{args.shots}_seed{seed}"
+            result_file = run / "deal_metrics.json"
+            if result_file.exists():
+                rows.setdefault(name, []).append(json.loads(result_file.read_text()))
+                continue
+            if not (run / "metrics.json").exists():
+                run_experiment("deal" if name.startswith("deal") else name, dataset, split, backbone, run,
+                               cache=cache, resume=run.exists(), method_config=mconf,
+                               train_config={"seed": seed, "epochs": args.epochs, "progress": False})
+            method, _ = load_run(run)
+            test = json.loads((run / "metrics.json").read_text())["test"]
+            maps_model = method if name.startswith("deal") else zero_shot
+            t1 = time.perf_counter()
+            res = {"accuracy": test["accuracy"], "auc_macro": test["auc_macro"],
+                   **evaluate(method, maps_model, dataset, test_ids, ins_ids, args.ins_steps, args.batch),
+                   "fit_seconds": json.loads((run / "metrics.json").read_text())["fit_seconds"],
+                   "eval_seconds": round(time.perf_counter() - t1, 1)}
+            write_json(result_file, res)
+            rows.setdefault(name, []).append(res)
+            print(name, seed, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}),
+                  flush=True)
+    keys = ["accuracy", "auc_macro", "disentanglability", "localisability_insertion_auc", "part_miou_lesion",
+            "concept_averaged_accuracy", "classification_by_description_accuracy"]
+    table = {n: {k: (float(np.mean([r[k] for r in rs])), float(np.std([r[k] for r in rs]))) for k in keys}
+             for n, rs in rows.items()}
+    write_json(args.out / "summary.json", {"args": {k: str(v) for k, v in vars(args).items()}, "runs": rows,
+                                           "table": table, "seconds": round(time.perf_counter() - t0, 1)})
+    print(f"| method ({len(args.seeds)} seeds, {args.shots} shots) | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for n, row in table.items():
+        print(f"| {n} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in row.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
