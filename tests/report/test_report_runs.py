@@ -219,3 +219,17 @@ def test_fewshot_curve_from_runs_when_no_bench_table(tmp_path):
     assert fs["rows"] == [{"method": "coop", "cells": ["50.0 ± 0.0", "75.0 ± 0.0"]}]
     assert "no bench fewshot.csv" in fs["source"]
     assert fs["plot"].startswith("data:image/png;base64,")
+
+
+def test_multilabel_runs_get_a_pooled_reliability_diagram_and_no_confusion_matrix(tmp_path):
+    from conceptclip.report.build import group_figures, pooled_predictions
+    from conceptclip.report.runs import find_runs, group_runs
+
+    preds = "part,id,label,p_a,p_b\ntest,x1,[0; 1],0.9,0.8\ntest,x2,[],0.2,0.1\ntest,x3,[1],0.3,0.6\n"
+    run = write_run(tmp_path / "ml", "coop", 1, 0.5, preds=preds)
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "multilabel": True}))
+    group = group_runs(find_runs([tmp_path]))[0]
+    np.testing.assert_array_equal(pooled_predictions(group)["test"].labels, [[1, 1], [0, 0], [0, 1]])
+    figs = group_figures(group)
+    assert [f["caption"].split(" ")[0] for f in figs] == ["Reliability", "Training"]
