@@ -145,3 +145,31 @@ def test_runs_through_the_engine_and_reloads(tiny_clip, image_folder, tmp_path):
     assert cfg["method"]["config"]["concepts"] == concepts
     assert method.concept_lists.concepts == [["small", "dark"], ["large"], ["round", "smooth"]]
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+
+
+def test_lite_training_maps_are_the_centred_pixel_gradcam(lite, pil_images):
+    """On `lite` the global feature is the mean patch token, so the training-time Grad-CAM on the
+    adapted tokens is the pixel Grad-CAM (feature-map layer, before its ReLU) minus its spatial mean,
+    then ReLU: the two differ only by the image head's bias seen through the gradient."""
+    from conceptclip.explain import gradcam_for
+
+    method = make_deal(lite, perturb=False)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(4)
+        method.adapter.linear.weight.add_(0.01 * torch.randn(method.adapter.linear.weight.shape, generator=g))
+    pixels = lite.preprocess(pil_images[:2])
+    classes = torch.tensor([0, 1])
+    with torch.no_grad():
+        feats = lite.encode_image(pixels, patches=True)
+    torch.testing.assert_close(feats.global_, feats.patches.mean(1), rtol=1e-4, atol=1e-5)
+    tokens = method.concept_maps({"features": feats.global_, "patches": feats.patches}, classes)
+    cam = gradcam_for(lite, method.pixel_forward())
+    cam.relu = False
+    pre = cam.compute(pixels, method._targets(classes)).maps  # (2, 1 + Kmax, 7, 7)
+    expected = torch.relu(pre - pre.mean((-2, -1), keepdim=True))
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(tokens.category, expected[:, 0], rtol=1e-3, atol=1e-3 * scale)
+    torch.testing.assert_close(tokens.concepts, expected[:, 1:], rtol=1e-3, atol=1e-3 * scale)
+    # and `explain` is that pixel Grad-CAM with its ReLU
+    torch.testing.assert_close(method.explain(pixels, classes).concepts, torch.relu(pre[:, 1:]), rtol=1e-4,
+                               atol=1e-4 * scale)
