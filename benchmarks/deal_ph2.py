@@ -90,7 +90,7 @@ def evaluate(method, maps_model, dataset, ids: list[str], ins_ids: set[str], ste
             contrib = maps_model.concept_contributions(feats)  # (B, C, Kmax), zero-shot or DEAL prompts
             cbd_logits.append(contrib.sum(-1))
             slot_scores.append(contrib[:, :, :kmin].transpose(1, 2))  # (B, Kmin, C): slot k of every class
-        out = maps_model.explain(pixels, y)
+        out = maps_model.heat_maps(pixels, y)
         m, valid = out.concepts.detach(), out.mask
         maps_all.append(m)
         valid_all.append(valid)

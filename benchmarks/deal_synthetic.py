@@ -145,7 +145,7 @@ def evaluate(method, items: list[tuple[SyntheticImage, int]], batch: int = 30) -
         y = torch.tensor([lab for _, lab in chunk])
         with torch.no_grad():
             probs.append(method.probabilities(method.logits({"features": bb.encode_image(pixels).global_})))
-        maps.append(method.explain(pixels, y).concepts.detach())
+        maps.append(method.heat_maps(pixels, y).concepts.detach())
         masks.append(torch.from_numpy(np.stack([im.masks for im, _ in chunk])))
         labels.append(y)
     m, k, y, p = torch.cat(maps), torch.cat(masks), torch.cat(labels), torch.cat(probs)

@@ -31,7 +31,7 @@ def test_prompts_are_the_deal_template_and_start_as_its_text(tiny_clip):
     with torch.no_grad():
         torch.testing.assert_close(method.all_text_features(), encode_prompts(tiny_clip, expected), rtol=1e-5,
                                    atol=1e-6)
-    assert method.concept_names == [x for p in CONCEPTS.values() for x in p]
+    assert method.concept_names == [f"{c}: {x}" for c, p in CONCEPTS.items() for x in p]
 
 
 def test_concept_tables_pad_classes_with_fewer_concepts(tiny_clip):
@@ -114,7 +114,7 @@ def test_explain_on_a_vit(tiny_clip, explainer):
     method = make_deal(tiny_clip).eval()
     pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     classes = torch.tensor([0, 1, 2])
-    out = method.explain(pixels, classes, explainer=explainer)
+    out = method.heat_maps(pixels, classes, explainer=explainer)
     assert out.concepts.shape == (3, 3, 4, 4) and out.category.shape == (3, 4, 4)
     assert out.mask.tolist() == method.concept_mask.tolist()
     assert torch.isfinite(out.concepts).all() and float(out.concepts.abs().sum()) > 0
@@ -124,7 +124,7 @@ def test_explain_on_a_vit(tiny_clip, explainer):
     # default: the predicted class
     with torch.no_grad():
         pred = method.logits({"features": tiny_clip.encode_image(pixels).global_}).argmax(1)
-    assert method.explain(pixels, explainer=explainer).classes.tolist() == pred.tolist()
+    assert method.heat_maps(pixels, explainer=explainer).classes.tolist() == pred.tolist()
 
 
 def test_runs_through_the_engine_and_reloads(tiny_clip, image_folder, tmp_path):
@@ -170,6 +170,26 @@ def test_lite_training_maps_are_the_centred_pixel_gradcam(lite, pil_images):
     scale = float(expected.abs().max())
     torch.testing.assert_close(tokens.category, expected[:, 0], rtol=1e-3, atol=1e-3 * scale)
     torch.testing.assert_close(tokens.concepts, expected[:, 1:], rtol=1e-3, atol=1e-3 * scale)
-    # and `explain` is that pixel Grad-CAM with its ReLU
-    torch.testing.assert_close(method.explain(pixels, classes).concepts, torch.relu(pre[:, 1:]), rtol=1e-4,
+    # and `heat_maps` is that pixel Grad-CAM with its ReLU
+    torch.testing.assert_close(method.heat_maps(pixels, classes).concepts, torch.relu(pre[:, 1:]), rtol=1e-4,
                                atol=1e-4 * scale)
+
+
+def test_explain_ranks_the_predicted_class_concepts_by_contribution(tiny_clip):
+    method = make_deal(tiny_clip).eval()
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        feats = tiny_clip.encode_image(pixels, patches=True)
+    batch = {"features": feats.global_, "patches": feats.patches, "pixels": pixels}
+    out = method.explain(batch)
+    pred = method.logits(batch).argmax(1)
+    assert out["predicted"].tolist() == pred.tolist()
+    for i, c in enumerate(pred.tolist()):
+        names = CONCEPTS[method.classnames[c]]
+        values = out["contributions"][i, c, : len(names)]
+        best = [names[j] for j in values.argsort(descending=True).tolist()]
+        assert [n for n, _ in out["concepts"][i]] == best
+        assert out["rationale"][i] == f"{method.classnames[c]}, with " + ", ".join(best[:3])
+    assert out["concept_maps"].shape == (2, 3, 4, 4)
+    torch.testing.assert_close(out["concept_maps"], method.heat_maps(pixels, pred).concepts)
+    assert "concept_maps" not in method.explain({"features": feats.global_})

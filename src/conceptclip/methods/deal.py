@@ -27,7 +27,7 @@ and the global feature is the mean of the patch tokens, so this is fine-tuning t
 output space) and the training-time Grad-CAM on the adapted patch tokens is Grad-CAM of the model's
 own score. On ViTs the global feature is the CLS token, which does not read the last block's patch
 tokens; training-time maps there are Grad-CAM of the patch-pooled score (or similarity maps), while
-`explain` gives Grad-CAM and Chefer relevance of the real score on pixels.
+`heat_maps` gives Grad-CAM and Chefer relevance of the real score on pixels.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ class DEAL(Method):
         join = DEAL_TEMPLATE.join
         cats = [f"{name} with {join(list(p))}" for name, p in zip(self.classnames, self.concept_lists.concepts)]
         cons = [f"{self.classnames[ci]} with {p}" for ci, p in self.concept_lists.flat]
-        self.concept_names = [p for _, p in self.concept_lists.flat]
+        self.concept_names = [f"{self.classnames[ci]}: {p}" for ci, p in self.concept_lists.flat]
         # one shared context for all C category and T concept prompts: "[V]_1..[V]_M [CAT] with ... ."
         self.prompt = ContextPrompt(backbone, cats + cons, n_ctx=c.n_ctx, ctx_init=c.ctx_init or None,
                                     init_std=c.init_std)
@@ -314,8 +314,8 @@ class DEAL(Method):
 
         return forward
 
-    def explain(self, pixels: torch.Tensor, classes: torch.Tensor | None = None, *,
-                explainer: Literal["gradcam", "chefer"] = "gradcam", create_graph: bool = False) -> ConceptMaps:
+    def heat_maps(self, pixels: torch.Tensor, classes: torch.Tensor | None = None, *,
+                  explainer: Literal["gradcam", "chefer"] = "gradcam", create_graph: bool = False) -> ConceptMaps:
         """Concept and category heat maps on pixels (B, 3, S, S) for `classes` (default: predicted):
         Grad-CAM on the backbone's explain layer (any backbone) or Chefer relevance (ViTs)."""
         if explainer not in ("gradcam", "chefer"):
@@ -331,6 +331,27 @@ class DEAL(Method):
         tool = relevance_for(self.backbone, forward) if explainer == "chefer" else gradcam_for(self.backbone, forward)
         res = tool.compute(pixels, self._targets(classes), create_graph=create_graph)
         return ConceptMaps(res.maps[:, 1:], res.maps[:, 0], self.concept_mask[classes], classes, res.scores)
+
+    def explain(self, batch: dict[str, torch.Tensor], k: int = 3) -> dict[str, Any]:
+        """Per image: the predicted class, its concepts ranked by their contribution to the class's
+        concept-averaged logit, a one-line rationale naming the top `k`, and, when the batch holds
+        pixels, the Grad-CAM concept and category maps of the predicted class."""
+        with torch.no_grad():
+            logits = self.logits(batch)
+            contrib = self.concept_contributions(batch)
+        pred = logits.argmax(1)
+        ranked, rationale = [], []
+        for i, c in enumerate(pred.tolist()):
+            names = self.concept_lists.concepts[c]
+            values = contrib[i, c, : len(names)].tolist()
+            order = sorted(range(len(names)), key=lambda j: -values[j])
+            ranked.append([(names[j], float(values[j])) for j in order])
+            rationale.append(f"{self.classnames[c]}, with " + ", ".join(names[j] for j in order[:k]))
+        out: dict[str, Any] = {"predicted": pred, "concepts": ranked, "contributions": contrib, "rationale": rationale}
+        if "pixels" in batch:
+            maps = self.heat_maps(batch["pixels"], pred)
+            out.update(concept_maps=maps.concepts, category_map=maps.category, concept_mask=maps.mask)
+        return out
 
     def concepts_of(self, cls: int) -> list[str]:
         return list(self.concept_lists.concepts[cls])
