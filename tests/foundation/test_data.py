@@ -121,6 +121,9 @@ def test_feature_cache_hits_and_recovers_from_corruption(image_folder, tiny_clip
 
 @pytest.mark.shared_data
 def test_ph2_loader(ph2):
+    from conceptclip.data import load_dataset
+
+    ph2 = load_dataset("ph2")  # a fresh copy: the session fixture is shared with other packages' tests
     assert len(ph2) == 200 and ph2.classnames == ["common nevus", "atypical nevus", "melanoma"]
     counts = [sum(s.label == c for s in ph2.samples) for c in range(3)]
     assert counts == [80, 80, 40]
