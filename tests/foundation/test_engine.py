@@ -76,7 +76,7 @@ def _run(tmp_path: Path, name: str, kill_at: int) -> subprocess.CompletedProcess
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     return subprocess.run([sys.executable, str(script), str(tmp_path / f"{name}.ckpt"), str(tmp_path / f"{name}.out"),
-                           str(kill_at)], capture_output=True, text=True, timeout=240)
+                           str(kill_at)], capture_output=True, text=True, timeout=900)
 
 
 def test_sigkill_mid_training_resumes_to_identical_weights(tmp_path):
