@@ -32,12 +32,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ("coop", "xcoop")
 ABLATIONS = {"xcoop": {}, "xcoop_no_LT": {"token_alignment": False}, "xcoop_no_LP": {"prompt_alignment": False},
              "xcoop_no_local": {"local_alignment": False},
              "xcoop_ce_only": {"token_alignment": False, "prompt_alignment": False, "local_alignment": False}}
+# not ablations: how the results move when L_T pulls harder (alpha = 50, about sum_c M_c / C, i.e. L_T summed
+# over each class's tokens) or when the soft prompt starts on the concept tokens
+SENSITIVITY = {"xcoop_LT_x50": {"weight_token": 50.0}, "xcoop_init_concepts": {"ctx_init": "concepts"}}
 INTERVENTIONS = {"xcoop": {}, "xcoop_random": {"knowledge": "random"}, "xcoop_irrelevant": {"knowledge": "irrelevant"}}
 
 
@@ -135,7 +139,7 @@ def main() -> None:
     def options(variant: str) -> tuple[str, dict]:
         if variant == "coop":
             return "coop", {}
-        extra = {**ABLATIONS, **INTERVENTIONS}[variant]
+        extra = {**ABLATIONS, **SENSITIVITY, **INTERVENTIONS}[variant]
         return "xcoop", {**xcoop_base, **extra}
 
     def train_cfg(method: str, seed: int) -> dict:
@@ -161,7 +165,8 @@ def main() -> None:
 
     records = []
     jobs = [(v, k, s) for k in args.shots for s in args.seeds for v in MAIN]
-    jobs += [(v, args.study_shots, s) for s in args.seeds for v in {**ABLATIONS, **INTERVENTIONS} if v != "xcoop"]
+    jobs += [(v, args.study_shots, s) for s in args.seeds for v in {**ABLATIONS, **SENSITIVITY, **INTERVENTIONS}
+             if v != "xcoop"]
     for i, (v, k, s) in enumerate(jobs):
         records.append(run(v, k, s))
         r = records[-1]
@@ -187,7 +192,18 @@ def main() -> None:
                  "random": float(np.mean([pointing_game(random_maps(n, grid, seed=s), masks) for s in range(5)]))}
     study: dict[str, dict[str, list]] = {}
     xk = args.study_shots
-    for variant in ["coop", *ABLATIONS, *[v for v in INTERVENTIONS if v != "xcoop"]]:
+    # zero-shot: the (clinical / intervened) reference prompts themselves as the classifier
+    from conceptclip.metrics import accuracy, auc
+
+    zeroshot = {}
+    for variant in INTERVENTIONS:
+        ref = load_method(out / "runs" / variant / f"K{xk}_seed{args.seeds[0]}", backbone)
+        with torch.no_grad():
+            probs = (backbone.logit_scale * F.normalize(glob, dim=-1) @ ref.hard_features.t()).softmax(-1)
+        per_class = auc(probs, labels, average="none")
+        zeroshot[variant] = {"accuracy": accuracy(probs, labels), "auc_macro": float(per_class.mean()),
+                             "auc_melanoma": float(per_class[ref.classnames.index("melanoma")])}
+    for variant in ["coop", *ABLATIONS, *SENSITIVITY, *[v for v in INTERVENTIONS if v != "xcoop"]]:
         rec = study.setdefault(variant, {})
         for s in args.seeds:
             method = load_method(out / "runs" / variant / f"K{xk}_seed{s}", backbone)
@@ -247,15 +263,19 @@ def main() -> None:
                          f"{mean_std(st['pointing_true'])} | {mean_std(st['agreement'])} | {tok} | {ntm} |")
 
     study_table("Ablations", ["coop", *ABLATIONS])
+    study_table("Token-alignment sensitivity", ["xcoop", *SENSITIVITY])
     study_table("Knowledge intervention", ["coop", *INTERVENTIONS])
+    lines.extend(["", "Zero-shot with the reference prompts themselves as the classifier (no training): " + "; ".join(
+        f"{v}: melanoma AUC {z['auc_melanoma']:.3f}, macro AUC {z['auc_macro']:.3f}, accuracy {z['accuracy']:.3f}"
+        for v, z in zeroshot.items()) + "."])
     lines.extend(["", f"Pointing-game baselines: centre Gaussian {baselines['center_gaussian']:.3f}, "
                       f"random maps {baselines['random']:.3f}.", "",
                   f"## Nearest clinical concepts of each learned class prompt (K={xk}, seed {args.seeds[0]})", ""])
-    for v in ["coop", "xcoop", "xcoop_random", "xcoop_irrelevant"]:
+    for v in ["coop", "xcoop", *SENSITIVITY, "xcoop_random", "xcoop_irrelevant"]:
         lines.append(f"- {v}: " + "; ".join(f"{c}: {', '.join(ns)}" for c, ns in study[v]["nearest"].items()))
     text = "\n".join(lines) + "\n"
     (out / "xcoop_ph2.md").write_text(text)
-    write_json(out / "xcoop_ph2.json", {"records": records, "study": study, "baselines": baselines,
+    write_json(out / "xcoop_ph2.json", {"records": records, "study": study, "baselines": baselines, "zeroshot": zeroshot,
                                         "bank_equals_all_image_bank": same, "seconds": time.perf_counter() - t0})
     print(text)
 
