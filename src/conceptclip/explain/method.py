@@ -74,20 +74,39 @@ def relevance_for(backbone: Backbone, forward: Callable[[torch.Tensor], Any], *,
     return AttentionRelevance(forward, attn, grid=backbone_grid(backbone), batched_targets=batched_targets)
 
 
+def default_image_batch(device: torch.device | str) -> int:
+    """Images per forward pass of an explanation: small on CPU, where a frozen tower runs no faster
+    per image in large batches (memory-bound; 64 EfficientNet-Lite0 images at once took 4x longer
+    than 16 batches of 4 here), larger on accelerators."""
+    return 4 if torch.device(device).type == "cpu" else 32
+
+
 def explain_method(method: Any, pixels: torch.Tensor, targets: Sequence[Target] | None = None, *,
                    explainer: Literal["gradcam", "chefer"] = "gradcam", create_graph: bool = False,
-                   vit_layer: ViTLayer = "auto") -> CAMResult:
+                   vit_layer: ViTLayer = "auto", image_batch: int | None = None) -> CAMResult:
     """Maps (B, T, h, w) explaining `method`'s logits on `pixels` for `targets` (default: every
-    class, in class order), with their scores (B, T)."""
+    class, in class order), with their scores (B, T).
+
+    All T targets of `image_batch` images (default `default_image_batch(device)`) come from one
+    forward and one vectorised backward; images never interact (eval mode), so the chunking changes
+    nothing but speed and memory."""
     if explainer not in ("gradcam", "chefer"):
         raise ConfigError(f"explainer={explainer!r}: expected 'gradcam' or 'chefer'")
+    if image_batch is not None and image_batch < 1:
+        raise ConfigError(f"image_batch={image_batch!r}: expected a positive integer")
     backbone = method.backbone
     targets = list(targets) if targets is not None else class_targets(len(method.classnames))
     forward = method_forward(method)
     pixels = pixels.to(backbone.device)
     if explainer == "chefer":
-        return relevance_for(backbone, forward).compute(pixels, targets, create_graph=create_graph)
-    return gradcam_for(backbone, forward, vit_layer=vit_layer).compute(pixels, targets, create_graph=create_graph)
+        cam = relevance_for(backbone, forward)
+    else:
+        cam = gradcam_for(backbone, forward, vit_layer=vit_layer)
+    step = image_batch or default_image_batch(backbone.device)
+    results = [cam.compute(chunk, targets, create_graph=create_graph) for chunk in pixels.split(step)]
+    if len(results) == 1:
+        return results[0]
+    return CAMResult(maps=torch.cat([r.maps for r in results]), scores=torch.cat([r.scores for r in results]))
 
 
 def method_text_features(method: Any) -> torch.Tensor:
