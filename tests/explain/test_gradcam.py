@@ -140,6 +140,19 @@ def test_vit_method_equals_per_image_reference(tiny_clip, tiny_coop, pixels, ref
     assert torch.allclose(result.scores, expected, atol=1e-5)
 
 
+def test_image_chunks_change_nothing_but_speed(tiny_coop, pixels):
+    # 4 images in chunks of 1, 3 or all at once; per-image class targets follow their images
+    per_image = ClassTarget([2, 0, 1, 2])
+    whole = explain_method(tiny_coop, pixels, [per_image, ClassTarget(1)], image_batch=4)
+    for step in (1, 3):
+        part = explain_method(tiny_coop, pixels, [per_image, ClassTarget(1)], image_batch=step)
+        assert torch.allclose(part.maps, whole.maps, atol=1e-6) and torch.allclose(part.scores, whole.scores, atol=1e-6)
+    with pytest.raises(ConfigError, match="expected 4 per-image indices"):
+        explain_method(tiny_coop, pixels, [ClassTarget([0, 1, 2])], image_batch=2)
+    with pytest.raises(ConfigError, match="image_batch=0"):
+        explain_method(tiny_coop, pixels, image_batch=0)
+
+
 def test_vit_last_block_output_has_no_patch_gradient_for_global_scores(tiny_coop, pixels):
     # CLIP's global feature reads only the CLS token of the last block's output: Grad-CAM there
     # is exactly zero for a global-feature score, which is why the block input is the default

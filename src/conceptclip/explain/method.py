@@ -12,7 +12,7 @@ from conceptclip.errors import ConfigError
 from conceptclip.explain.cam import CAMResult, GradCAM, vit_reshape
 from conceptclip.explain.chefer import AttentionRelevance
 from conceptclip.explain.similarity import similarity_maps
-from conceptclip.explain.targets import ModelOutput, Target, class_targets
+from conceptclip.explain.targets import ModelOutput, Target, class_targets, targets_for_images
 
 ViTLayer = Literal["auto", "block_input", "block_output"]
 
@@ -102,8 +102,11 @@ def explain_method(method: Any, pixels: torch.Tensor, targets: Sequence[Target] 
         cam = relevance_for(backbone, forward)
     else:
         cam = gradcam_for(backbone, forward, vit_layer=vit_layer)
-    step = image_batch or default_image_batch(backbone.device)
-    results = [cam.compute(chunk, targets, create_graph=create_graph) for chunk in pixels.split(step)]
+    step, n = image_batch or default_image_batch(backbone.device), pixels.shape[0]
+    if step >= n:
+        return cam.compute(pixels, targets, create_graph=create_graph)
+    results = [cam.compute(pixels[s:s + step], targets_for_images(targets, s, min(s + step, n), n),
+                           create_graph=create_graph) for s in range(0, n, step)]
     if len(results) == 1:
         return results[0]
     return CAMResult(maps=torch.cat([r.maps for r in results]), scores=torch.cat([r.scores for r in results]))

@@ -2,7 +2,9 @@
 
 A target maps a model output to one score per image, (B,). The output is whatever the explained
 forward returns: a logits tensor (B, C), or a `ModelOutput` holding logits and image features.
-Several targets explained together give maps (B, T, h, w), one per target.
+Several targets explained together give maps (B, T, h, w), one per target. A target that holds
+per-image data implements `for_images(start, stop, n)`, returning itself restricted to images
+[start, stop) of n, so that explanations can run images in chunks.
 """
 
 from __future__ import annotations
@@ -75,6 +77,15 @@ class ClassTarget:
             raise ConfigError(f"ClassTarget: per-image class indices must lie in [0, {c}), got {idx.tolist()}")
         return logits.gather(1, idx[:, None])[:, 0]
 
+    def for_images(self, start: int, stop: int, n: int) -> "ClassTarget":
+        """This target on images [start, stop) of n (explanations run images in chunks)."""
+        if isinstance(self.index, int):
+            return self
+        idx = torch.as_tensor(self.index).long()
+        if idx.shape != (n,):
+            raise ConfigError(f"ClassTarget: expected {n} per-image indices, got shape {tuple(idx.shape)}")
+        return ClassTarget(idx[start:stop])
+
     def __repr__(self) -> str:
         return f"ClassTarget({self.index!r})"
 
@@ -117,6 +128,11 @@ def concept_targets(text_features: torch.Tensor, scale: float = 1.0) -> list[Con
     if text_features.dim() != 2:
         raise ConfigError(f"concept_targets: expected text features (K, D), got {tuple(text_features.shape)}")
     return [ConceptTarget(t, scale) for t in text_features]
+
+
+def targets_for_images(targets: Sequence[Target], start: int, stop: int, n: int) -> list[Target]:
+    """`targets` restricted to images [start, stop) of n (targets without per-image data as they are)."""
+    return [t.for_images(start, stop, n) if hasattr(t, "for_images") else t for t in targets]
 
 
 def target_scores(output: Any, targets: Sequence[Target]) -> torch.Tensor:
