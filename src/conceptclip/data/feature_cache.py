@@ -18,8 +18,8 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from conceptclip.data.dataset import Dataset, Sample
-from conceptclip.data.images import PixelDataset
-from conceptclip.errors import CheckpointError
+from conceptclip.data.images import PixelDataset, view_augment
+from conceptclip.errors import CheckpointError, ConfigError
 from conceptclip.io import load_tensors, save_tensors
 from conceptclip.paths import cache_dir
 
@@ -40,7 +40,7 @@ class FeatureCache:
     def get_or_compute(self, key_parts: Sequence[object], samples: Sequence[Sample],
                        encode: Callable[[torch.Tensor], dict[str, torch.Tensor]], preprocess: Callable,
                        batch_size: int = 32, desc: str = "encoding images", device: torch.device | str = "cpu",
-                       num_workers: int = 0) -> dict[str, torch.Tensor]:
+                       num_workers: int = 0, keyed_augment: Callable | None = None) -> dict[str, torch.Tensor]:
         """Tensors from `encode(pixels)` for every sample, in `samples` order, from cache when present."""
         path = self.path_for(*key_parts, *(s.id for s in samples))
         if self.enabled:
@@ -53,17 +53,18 @@ class FeatureCache:
                         return out
                     except CheckpointError:
                         path.unlink(missing_ok=True)  # a corrupt cache entry is recomputed, never trusted
-                out = self._compute(samples, encode, preprocess, batch_size, desc, device, num_workers)
+                out = self._compute(samples, encode, preprocess, batch_size, desc, device, num_workers, keyed_augment)
                 save_tensors(path, out)
                 self.misses += 1
                 return out
         self.misses += 1
-        return self._compute(samples, encode, preprocess, batch_size, desc, device, num_workers)
+        return self._compute(samples, encode, preprocess, batch_size, desc, device, num_workers, keyed_augment)
 
     @staticmethod
-    def _compute(samples, encode, preprocess, batch_size, desc, device, num_workers) -> dict[str, torch.Tensor]:
-        loader = torch.utils.data.DataLoader(PixelDataset(samples, preprocess), batch_size=batch_size,
-                                             num_workers=num_workers)
+    def _compute(samples, encode, preprocess, batch_size, desc, device, num_workers,
+                 keyed_augment=None) -> dict[str, torch.Tensor]:
+        loader = torch.utils.data.DataLoader(PixelDataset(samples, preprocess, keyed_augment=keyed_augment),
+                                             batch_size=batch_size, num_workers=num_workers)
         chunks: dict[str, list[torch.Tensor]] = {}
         with torch.no_grad():
             for pixels, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
@@ -72,8 +73,13 @@ class FeatureCache:
         return {k: torch.cat(v) for k, v in chunks.items()}
 
     def image_features(self, backbone, dataset: Dataset, *, patches: bool = False, batch_size: int = 32,
-                       num_workers: int = 0) -> dict[str, torch.Tensor]:
-        """Projected global features (N, D) and, with `patches`, patch tokens (N, P, D) of every sample."""
+                       num_workers: int = 0, views: int = 0, view_seed: int = 0) -> dict[str, torch.Tensor]:
+        """Projected global features (N, D) and, with `patches`, patch tokens (N, P, D) of every sample;
+        with `views` = V > 0 also "views" (N, V, D): the global features of V augmented views of every
+        image (random resized crop + flip, `view_augment(view_seed, v)`), each view cached on its own,
+        so training with augmentation reads features instead of re-encoding pixels every step."""
+        if views < 0:
+            raise ConfigError(f"views={views!r}: expected a non-negative number of augmented views")
 
         def encode(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
             f = backbone.encode_image(pixels, patches=patches)
@@ -83,6 +89,18 @@ class FeatureCache:
                 out["grid"] = torch.tensor([list(f.grid)] * pixels.shape[0])
             return out
 
-        return self.get_or_compute(("image", backbone.weights_id(), dataset.fingerprint(), patches),
-                                   dataset.samples, encode, backbone.preprocess, batch_size,
-                                   desc=f"encoding {dataset.name}", device=backbone.device, num_workers=num_workers)
+        out = self.get_or_compute(("image", backbone.weights_id(), dataset.fingerprint(), patches),
+                                  dataset.samples, encode, backbone.preprocess, batch_size,
+                                  desc=f"encoding {dataset.name}", device=backbone.device, num_workers=num_workers)
+        if views:
+
+            def encode_global(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+                return {"global": backbone.encode_image(pixels).global_}
+
+            out = dict(out)
+            out["views"] = torch.stack([self.get_or_compute(
+                ("image-view", backbone.weights_id(), dataset.fingerprint(), view_seed, v), dataset.samples,
+                encode_global, backbone.preprocess, batch_size, desc=f"encoding {dataset.name} view {v + 1}/{views}",
+                device=backbone.device, num_workers=num_workers, keyed_augment=view_augment(view_seed, v))["global"]
+                for v in range(views)], dim=1)
+        return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import warnings
 from pathlib import Path
@@ -37,12 +38,16 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 class PixelDataset(torch.utils.data.Dataset):
-    """Samples -> (pixels, index) with the backbone's preprocessing and an optional PIL augmentation."""
+    """Samples -> (pixels, index) with the backbone's preprocessing and an optional PIL augmentation:
+    `augment(image)`, or `keyed_augment(image, sample_id)` for augmentations drawn per sample (the
+    same view of an image whatever the worker or batch order)."""
 
-    def __init__(self, samples: Sequence[Sample], preprocess: Callable, augment: Callable | None = None) -> None:
+    def __init__(self, samples: Sequence[Sample], preprocess: Callable, augment: Callable | None = None,
+                 keyed_augment: Callable | None = None) -> None:
         self.samples = list(samples)
         self.preprocess = preprocess
         self.augment = augment
+        self.keyed_augment = keyed_augment
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -51,6 +56,8 @@ class PixelDataset(torch.utils.data.Dataset):
         im = load_image(self.samples[i].path)
         if self.augment is not None:
             im = self.augment(im)
+        if self.keyed_augment is not None:
+            im = self.keyed_augment(im, self.samples[i].id)
         return self.preprocess([im])[0], i
 
 
@@ -65,5 +72,17 @@ def random_resized_flip(rng: "random.Random", scale: tuple[float, float] = (0.5,
         x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
         im = im.crop((x, y, x + cw, y + ch))
         return im.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else im
+
+    return aug
+
+
+def view_augment(seed: int, view: int, scale: tuple[float, float] = (0.5, 1.0)) -> Callable:
+    """`aug(image, sample_id)`: augmented view number `view` of a sample (random resized crop + flip),
+    drawn from an RNG seeded by (seed, view, sample id), so a cached view is the same in every run,
+    worker and batch order."""
+
+    def aug(im: Image.Image, sample_id: str) -> Image.Image:
+        key = hashlib.sha256(f"{seed}/{view}/{sample_id}".encode()).digest()
+        return random_resized_flip(random.Random(int.from_bytes(key[:8], "little")), scale)(im)
 
     return aug

@@ -28,6 +28,7 @@ class TrainConfig:
     eval_every: int = 1
     max_grad_norm: float = 0.0  # 0 = no clipping
     num_workers: int = 0
+    augment_views: int = 0  # >0: train on this many cached augmented views (crop + flip) of each image
     progress: bool = True
 
     @classmethod
@@ -52,6 +53,8 @@ class TrainConfig:
              "one of 32-true, bf16-mixed, 16-mixed, bf16-true"),
             (self.devices >= 1, "devices", "a positive integer"),
             (0 <= self.warmup_epochs, "warmup_epochs", "a non-negative integer"),
+            (self.augment_views >= 0, "augment_views", "a non-negative integer"),
+            (self.num_workers >= 0, "num_workers", "a non-negative integer"),
         ]
         for ok, name, expected in checks:
             if not ok:

@@ -76,7 +76,8 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
               "split_params": split.params}
     write_json(out / "config.json", config)
 
-    parts = build_parts(dataset, split.parts, method.inputs, backbone, cache, num_workers=cfg.num_workers)
+    parts = build_parts(dataset, split.parts, method.inputs, backbone, cache, num_workers=cfg.num_workers,
+                        views=cfg.augment_views)  # views are seeded apart from the run: one cache for all seeds
     fabric = make_fabric(cfg)
     result = fit(method, parts["train"], parts.get("val"), cfg, checkpoint=out / "checkpoint.safetensors",
                  fabric=fabric)
