@@ -48,10 +48,35 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def make_fabric(cfg: TrainConfig):
+    """A Fabric for `cfg`. With `devices` > 1: DDP in processes that `fit` launches itself
+    (forked on CPU, where the parent holds the cached features; spawned on CUDA, which cannot fork)."""
     from lightning.fabric import Fabric
 
-    strategy = "ddp" if cfg.devices > 1 else "auto"
+    strategy = "auto"
+    if cfg.devices > 1:
+        cuda = cfg.accelerator == "cuda" or (cfg.accelerator == "auto" and torch.cuda.is_available())
+        strategy = "ddp_spawn" if cuda else "ddp_fork"
     return Fabric(accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision, strategy=strategy)
+
+
+def _fit_in_process(fabric, method, train: Part, val: Part | None, cfg: TrainConfig, checkpoint, on_epoch):
+    """One DDP process: train, then hand rank 0's result and learned state back to the launcher."""
+    from safetensors.torch import save
+
+    result = fit(method, train, val, cfg, checkpoint=checkpoint, fabric=fabric, on_epoch=on_epoch, _launched=True)
+    # bytes, not tensors: tensors would travel as shared-memory handles that die with this process
+    return result, save({k: v.detach().cpu().contiguous() for k, v in method.learned_state().items()})
+
+
+def _check_distributed(method, cfg: TrainConfig, world: int) -> None:
+    from conceptclip.methods.base import Method
+
+    if cfg.batch_size % world:
+        raise ConfigError(f"train config: batch_size={cfg.batch_size} with devices={world}: expected a multiple of "
+                          "devices (each process takes batch_size / devices samples of every batch)")
+    if type(method).backward is not Method.backward:
+        raise ConfigError(f"method {method.name!r} combines gradients itself (its own backward), which DDP does "
+                          "not synchronise; train it with devices=1")
 
 
 def _optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -72,12 +97,26 @@ def validation_score(method, val: Part | None, metric: str, device) -> float | N
 
 
 def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: str | Path | None = None,
-        fabric=None, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
-    """Fit `method` on `train`, selecting on `val`; resume from `checkpoint` when it exists."""
+        fabric=None, on_epoch: Callable[[dict], None] | None = None, _launched: bool = False) -> FitResult:
+    """Fit `method` on `train`, selecting on `val`; resume from `checkpoint` when it exists.
+
+    With `cfg.devices` > 1, `devices` processes each take `batch_size / devices` samples of every
+    batch (the same batches as one process, split by rank) and DDP averages their gradients, so the
+    result equals one process's up to floating-point summation order."""
     cfg.validate()
+    fabric = fabric or make_fabric(cfg)
+    if fabric.world_size > 1 and not _launched:
+        _check_distributed(method, cfg, fabric.world_size)
+        if not method.trainable_parameters() or cfg.epochs == 0:
+            return fit(method, train, val, cfg, fabric=fabric, _launched=True)  # closed form: nothing to share
+        from safetensors.torch import load
+
+        result, state = fabric.launch(_fit_in_process, method, train, val, cfg, checkpoint, on_epoch)
+        method.load_learned_state(load(state))
+        method.to(fabric.device)
+        return result
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
-    fabric = fabric or make_fabric(cfg)
     result = FitResult()
     method.to(fabric.device)
     if train.tensors is not None:
@@ -108,6 +147,7 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
         result.history = state["history"]
         result.resumed_from = state["epoch"]
 
+    batch_size = cfg.batch_size // fabric.world_size
     bar = tqdm(range(start, cfg.epochs), desc=f"training {method.name}", unit="epoch", leave=False,
                disable=not cfg.progress or not fabric.is_global_zero, initial=start, total=cfg.epochs)
     for epoch in bar:
@@ -119,7 +159,7 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
         model.train()
         sums: dict[str, float] = {}
         steps = 0
-        for batch in train.batches(cfg.batch_size, shuffle=True, generator=gen, rank=fabric.global_rank,
+        for batch in train.batches(batch_size, shuffle=True, generator=gen, rank=fabric.global_rank,
                                    world=fabric.world_size):
             batch = {k: v.to(fabric.device) for k, v in batch.items()}
             terms = model(batch)
@@ -132,6 +172,9 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             steps += 1
+        if fabric.world_size > 1 and sums:  # log the whole batches' means, not rank 0's half
+            mean = fabric.all_reduce(torch.tensor(list(sums.values()), dtype=torch.float64), reduce_op="mean")
+            sums = dict(zip(sums, mean.tolist()))
         record: dict[str, Any] = {"epoch": epoch, "lr": cfg.lr_at(epoch),
                                   **{k: v / max(steps, 1) for k, v in sums.items()}}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
@@ -145,7 +188,7 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
         result.history.append(record)
         bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}",
                         **({"val": f"{record[f'val_{cfg.select_metric}']:.3f}"} if f"val_{cfg.select_metric}" in record else {}))
-        if on_epoch is not None:
+        if on_epoch is not None and fabric.is_global_zero:
             on_epoch(record)
         if ckpt_path is not None and fabric.is_global_zero:
             save_checkpoint(ckpt_path, method_state=method.learned_state(), optimizer_state=optimizer.state_dict(),
