@@ -3,7 +3,7 @@
 1. throughput: the same N preprocessed images through (a) the bare image tower
    (`backbone.encode_image`) and (b) the tower plus each method's `logits` (class text features
    once per batch); ratio = bare time / method time (target >= 0.9).
-2. peak memory (process max RSS, each measured in a fresh subprocess): CoOp training at batch 32
+2. peak memory (peak resident memory, VmHWM, each measured in a fresh subprocess): CoOp training at batch 32
    on cached features, and Grad-CAM explanation of 64 images.
 3. leak check: resident memory after each of 30 CoOp epochs; growth from epoch 5 to 30 (target ~0).
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -29,6 +28,16 @@ import torch
 def rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the parent
+    that forked this subprocess)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def pixels_for(backbone, n: int) -> torch.Tensor:
@@ -93,7 +102,7 @@ def peak_training(batch: int) -> None:
     fit(m, part, part, TrainConfig(epochs=30, batch_size=batch, progress=False),
         on_epoch=lambda r: trace.append(rss_mb()))
     print(json.dumps({"rss_before_fit_mb": round(base, 1), "rss_per_epoch_mb": [round(v, 1) for v in trace],
-                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": round(peak_rss_mb(), 1)}))
 
 
 def peak_explain(n: int) -> None:
@@ -107,7 +116,7 @@ def peak_explain(n: int) -> None:
     base = rss_mb()
     result = explain_method(m, pix)
     print(json.dumps({"rss_before_mb": round(base, 1), "maps_shape": list(result.maps.shape),
-                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": round(peak_rss_mb(), 1)}))
 
 
 def _sub(what: str, arg: int) -> dict:
@@ -131,8 +140,10 @@ def main() -> None:
         return peak_explain(args.n)
     report = {"throughput": throughput(args.n, args.batch), "training_batch_%d" % args.batch: _sub("train", args.batch),
               "explain_%d_images" % args.n: _sub("explain", args.n)}
-    trace = report["training_batch_%d" % args.batch].get("rss_per_epoch_mb", [])
+    train = report["training_batch_%d" % args.batch]
+    trace = train.pop("rss_per_epoch_mb", [])
     if len(trace) > 5:
+        train["rss_epochs_1_5_10_20_30_mb"] = [trace[i] for i in (0, 4, 9, 19, len(trace) - 1) if i < len(trace)]
         report["leak_check_rss_growth_epoch5_to_end_mb"] = round(trace[-1] - trace[4], 1)
     print(json.dumps(report, indent=2))
 
