@@ -3,7 +3,7 @@
 Explains a zero-shot method's scores on N images (the first N PH2 images when ../shared/data is
 present, else seeded random pixels) four ways:
 
-  batched      one `explain_method` call: images in chunks of `default_image_batch` (4 on CPU),
+  batched      one `explain_method` call: images in chunks of `default_image_batch` (2 on CPU),
                one forward per chunk, one vectorised backward for all targets;
   per-image    a loop over images, each explained on its own (targets still batched);
   textbook     a loop over images and targets: forward, `.backward()` through a tensor hook,
@@ -71,7 +71,7 @@ def measure(method, pixels: torch.Tensor, skip_textbook: bool) -> dict:
     from conceptclip.explain import explain_method
 
     n_t = len(method.classnames)
-    explain_method(method, pixels[:2])  # warm-up (allocator, vmap)
+    explain_method(method, pixels)  # warm-up (allocator, vmap)
     t0 = time.perf_counter()
     batched = explain_method(method, pixels).maps
     t_batched = time.perf_counter() - t0
