@@ -11,11 +11,37 @@ from typing import Any, Callable
 from conceptclip.errors import CheckpointError
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_orphaned_temps(path: Path) -> list[Path]:
+    """Delete temp files of earlier writes of `path` whose writing process is gone (killed before
+    its rename); temps of live writers are left alone. Returns what was removed."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temp file beside `path`, fsync it, then rename it over `path`."""
+    """Call `write(tmp)` on a temp file beside `path`, fsync it, then rename it over `path`.
+
+    The temp file's name carries the writer's pid, so the next write of `path` removes the temp a
+    killed writer left behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_orphaned_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -142,6 +142,12 @@ def test_process_killed_mid_write_leaves_previous_valid(tmp_path):
             if stage == "mid-write":
                 with pytest.raises(json.JSONDecodeError):
                     json.loads(temps[0].read_text())
+        # the next write of the same file removes the dead writer's temp; a live writer's stays
+        live = path.parent / f".{path.name}.{os.getpid()}.live.tmp"
+        live.write_text("in progress")
+        write_json(path, {"version": 3})
+        assert sorted(p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")) == [live.name]
+        assert path.read_text().count("version") == 1
 
 
 def test_every_truncation_of_a_checkpoint_is_refused(tmp_path):
