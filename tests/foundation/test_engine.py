@@ -116,6 +116,10 @@ def test_run_experiment_results_folder_and_reload(image_folder, tiny_clip, tmp_p
     probs = predict(method, part)
     rows = [line.split(",") for line in (out / "predictions.csv").read_text().splitlines()[1:]]
     assert torch.allclose(probs, torch.tensor([[float(v) for v in r[3:]] for r in rows]), atol=1e-5)
+    shared: dict = {}  # runs on the same backbone weights share one loaded backbone
+    first, second = load_run(out, backbones=shared)[0], load_run(out, backbones=shared)[0]
+    assert first.backbone is second.backbone and len(shared) == 1 and first.backbone is not method.backbone
+    assert torch.equal(first.learned_state()["prompt.ctx"], method.learned_state()["prompt.ctx"])
     with pytest.raises(ConfigError, match="results folder already exists"):
         run_experiment("coop", ds, split, tiny_clip, out)
     with pytest.raises(ConfigError, match="already finished"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,20 @@ from typing import Any
 from conceptclip.errors import CheckpointError, ConfigError
 
 
-def load_run(run: str | Path, device: str | None = None) -> tuple[Any, dict]:
-    """-> (method with its learned state, config dict). Backbone paths are resolved against the run folder."""
+def backbone_key(spec: str) -> str:
+    """What identifies a loaded backbone: the spec, with a lite heads file replaced by its sha256."""
+    kind, _, arg = spec.partition(":")
+    if kind == "lite" and arg and Path(arg).is_file():
+        return "lite:" + hashlib.sha256(Path(arg).read_bytes()).hexdigest()
+    return spec
+
+
+def load_run(run: str | Path, device: str | None = None,
+             backbones: dict[str, Any] | None = None) -> tuple[Any, dict]:
+    """-> (method with its learned state, config dict). Backbone paths are resolved against the run folder.
+
+    `backbones` (key -> backbone, filled as runs load) lets runs on the same backbone weights share
+    one loaded backbone (a report over many runs loads the towers once)."""
     from conceptclip.backbones import create_backbone
     from conceptclip.engine.checkpoint import load_method_weights
     from conceptclip.methods import create_method
@@ -28,7 +41,12 @@ def load_run(run: str | Path, device: str | None = None) -> tuple[Any, dict]:
     kind, _, arg = spec.partition(":")
     if kind == "lite" and arg and not Path(arg).is_absolute():
         spec = f"lite:{run / arg}"
-    backbone = create_backbone(spec, device=device)
+    key = backbone_key(spec)
+    backbone = backbones.get(key) if backbones is not None else None
+    if backbone is None:
+        backbone = create_backbone(spec, device=device)
+        if backbones is not None:
+            backbones[key] = backbone
     method = create_method(name, backbone, classnames, mconf, template=cfg.get("template", "a photo of a {}."),
                            multilabel=cfg.get("multilabel", False))
     weights = run / "model.safetensors"

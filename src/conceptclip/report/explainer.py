@@ -18,7 +18,6 @@ once, then `explain(image)` returns an `ImageExplanation`:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +25,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from conceptclip.errors import CheckpointError, ConfigError, KnowledgeError
+from conceptclip.errors import ConfigError, KnowledgeError
 
 
 @dataclass
@@ -100,57 +99,18 @@ class ImageExplanation:
         return [{"name": n, "score": s, "bar": (s - lo) / span if span > 0 else 1.0} for n, s in self.concepts[:k]]
 
 
-def _backbone_key(spec: str, run: Path) -> str:
-    kind, _, arg = spec.partition(":")
-    if kind == "lite" and arg:
-        path = Path(arg) if Path(arg).is_absolute() else run / arg
-        if path.is_file():
-            return "lite:" + hashlib.sha256(path.read_bytes()).hexdigest()
-    return spec
-
-
-def load_run_shared(run: str | Path, backbones: dict[str, Any], device: str | None = None) -> tuple[Any, dict]:
-    """`engine.load.load_run`, reusing a backbone already loaded for another run with the same
-    spec and weights (`backbones`: key -> backbone, filled as runs are loaded)."""
-    import json
-
-    from conceptclip.engine.load import load_run
-
-    run = Path(run)
-    try:
-        cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        key = _backbone_key(str(cfg["backbone"]), run)
-    except (OSError, ValueError, KeyError, TypeError):
-        return load_run(run, device=device)  # load_run reports what is wrong
-    if key not in backbones:
-        method, cfg = load_run(run, device=device)
-        backbones[key] = method.backbone
-        return method, cfg
-    from conceptclip.engine.checkpoint import load_method_weights
-    from conceptclip.methods import create_method
-
-    method = create_method(cfg["method"]["method"], backbones[key], cfg["classnames"], cfg["method"]["config"],
-                           template=cfg.get("template", "a photo of a {}."), multilabel=cfg.get("multilabel", False))
-    weights = run / "model.safetensors"
-    try:
-        method.load_learned_state(load_method_weights(weights))
-    except (ConfigError, RuntimeError) as exc:  # as load_run: name the file, not a torch stack
-        msg = str(exc).strip().splitlines()[0][:300]
-        raise CheckpointError(f"{weights}: does not fit method {cfg['method']['method']!r} ({msg})") from None
-    return method.eval(), cfg
-
-
 class RunExplainer:
     """A trained run, ready to explain single images."""
 
     def __init__(self, run_dir: str | Path, *, concepts: ConceptSet | None = None, bank: str | Path | None = None,
                  concept_template: str | None = None, device: str | None = None, alpha: float = 0.5,
                  backbones: dict[str, Any] | None = None, load_bank: bool = True) -> None:
+        from conceptclip.engine.load import load_run
         from conceptclip.explain.command import available_explainers
         from conceptclip.prompts import encode_prompts
 
         self.run_dir = Path(run_dir)
-        self.method, self.config = load_run_shared(self.run_dir, backbones if backbones is not None else {}, device)
+        self.method, self.config = load_run(self.run_dir, device, backbones if backbones is not None else {})
         self.backbone = self.method.backbone
         self.classnames = list(self.method.classnames)
         self.alpha = alpha
