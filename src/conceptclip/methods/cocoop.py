@@ -43,8 +43,7 @@ class CoCoOp(Method):
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
         c = self.config
-        self.prompt = ContextPrompt(backbone, self.classnames, n_ctx=c.n_ctx, ctx_init=c.ctx_init or None,
-                                    init_std=c.init_std)
+        self.prompt = ContextPrompt.from_config(backbone, self.classnames, c)
         self.meta_net = MetaNet(backbone.embed_dim, self.prompt.ctx.shape[-1], c.meta_reduction)
 
     def text_features(self, image_features: torch.Tensor) -> torch.Tensor:

@@ -36,9 +36,7 @@ class CoOp(Method):
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
         c = self.config
-        self.prompt = ContextPrompt(backbone, self.classnames, n_ctx=c.n_ctx, ctx_init=c.ctx_init or None,
-                                    position=c.class_token_position, class_specific=c.class_specific,
-                                    init_std=c.init_std)
+        self.prompt = ContextPrompt.from_config(backbone, self.classnames, c)
 
     def text_features(self) -> torch.Tensor:
         return normalize(self.prompt())

@@ -46,8 +46,7 @@ class KgCoOp(Method):
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
         c = self.config
-        self.prompt = ContextPrompt(backbone, self.classnames, n_ctx=c.n_ctx, ctx_init=c.ctx_init or None,
-                                    init_std=c.init_std)
+        self.prompt = ContextPrompt.from_config(backbone, self.classnames, c)
         # w^clip: fixed, class-specific, recomputed from the class names (never checkpointed)
         self.register_buffer("handcrafted", class_text_features(backbone, self.classnames, [self.template]),
                              persistent=False)

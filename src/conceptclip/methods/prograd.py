@@ -65,8 +65,7 @@ class ProGrad(Method):
         c = self.config
         if self.multilabel:
             raise ConfigError("prograd's KL to the zero-shot softmax needs a single-label dataset")
-        self.prompt = ContextPrompt(backbone, self.classnames, n_ctx=c.n_ctx, ctx_init=c.ctx_init or None,
-                                    init_std=c.init_std)
+        self.prompt = ContextPrompt.from_config(backbone, self.classnames, c)
         self.register_buffer("handcrafted", class_text_features(backbone, self.classnames, [self.template]),
                              persistent=False)
 

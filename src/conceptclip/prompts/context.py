@@ -9,7 +9,7 @@ the token embeddings at those positions and the frozen text encoder runs on all 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,9 @@ from conceptclip.backbones.base import Backbone, TokenBatch
 from conceptclip.errors import ConfigError
 
 POSITIONS = ("end", "middle", "front")
+# method-config field -> ContextPrompt argument, for `ContextPrompt.from_config`
+_CONFIG_FIELDS = {"n_ctx": "n_ctx", "ctx_init": "ctx_init", "class_token_position": "position",
+                  "class_specific": "class_specific", "init_std": "init_std"}
 
 
 def _prompt_text(placeholder: str, n_ctx: int, classname: str, position: str, suffix: str) -> str:
@@ -97,6 +100,18 @@ class ContextPrompt(nn.Module):
             ctx = torch.empty(shape).normal_(0.0, init_std)
         self.ctx = nn.Parameter(ctx)
         self._backbone = [backbone]  # not a submodule: the method owns the backbone
+
+    @classmethod
+    def from_config(cls, backbone: Backbone, classnames: Sequence[str], config: Any) -> "ContextPrompt":
+        """The prompt a method config describes, so every CoOp-style method builds it the same way.
+
+        Reads `n_ctx`, `ctx_init` (empty = random init), `class_token_position`, `class_specific` and
+        `init_std` where the config has them; a missing field keeps this constructor's default.
+        """
+        kwargs = {arg: getattr(config, field) for field, arg in _CONFIG_FIELDS.items() if hasattr(config, field)}
+        if "ctx_init" in kwargs:
+            kwargs["ctx_init"] = kwargs["ctx_init"] or None
+        return cls(backbone, classnames, **kwargs)
 
     @property
     def tokens(self) -> TokenBatch:
