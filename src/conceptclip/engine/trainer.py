@@ -6,6 +6,8 @@ parameters (only those with `requires_grad`) with SGD/AdamW, constant warm-up th
 DDP come from Lightning Fabric. After every epoch a checkpoint is written atomically; a killed run
 restarted with the same checkpoint path resumes from the last finished epoch and reaches the same
 final weights bit for bit on CPU, because each epoch's randomness is seeded from (seed, epoch).
+Once the weights are final (best state loaded), `Method.after_fit` may re-choose what depends on
+them (Tip-Adapter-F re-searches alpha, beta on validation).
 """
 
 from __future__ import annotations
@@ -96,13 +98,33 @@ def validation_score(method, val: Part | None, metric: str, device) -> float | N
     return float("nan") if value is None else float(value)
 
 
+def _cached(train: Part, val: Part | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+    """(train, val) as whole batches of cached features, val falling back to train when absent or empty;
+    None when the train part serves pixels."""
+    if train.tensors is None:
+        return None
+    return train.all(), val.all() if val is not None and len(val) else train.all()
+
+
+def _after_fit(method, parts: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None,
+               result: FitResult) -> None:
+    """Run `method.after_fit` on the final weights (in every DDP process, before the state is handed back)
+    and record what it chose under closed_form["after_fit"]. Pixel-serving parts: not called."""
+    if parts is None:
+        return
+    chosen = method.after_fit(*parts)
+    if chosen:
+        result.closed_form["after_fit"] = chosen
+
+
 def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: str | Path | None = None,
         fabric=None, on_epoch: Callable[[dict], None] | None = None, _launched: bool = False) -> FitResult:
     """Fit `method` on `train`, selecting on `val`; resume from `checkpoint` when it exists.
 
     With `cfg.devices` > 1, `devices` processes each take `batch_size / devices` samples of every
     batch (the same batches as one process, split by rank) and DDP averages their gradients, so the
-    result equals one process's up to floating-point summation order."""
+    result equals one process's up to floating-point summation order. `method.after_fit` runs once at
+    the end, on the final (best) weights, inside the training process(es)."""
     cfg.validate()
     fabric = fabric or make_fabric(cfg)
     if fabric.world_size > 1 and not _launched:
@@ -119,10 +141,12 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
     seed_everything(cfg.seed)
     result = FitResult()
     method.to(fabric.device)
-    if train.tensors is not None:
-        result.closed_form = method.fit_closed_form(train.all(), val.all() if val is not None and len(val) else train.all())
+    parts = _cached(train, val)
+    if parts is not None:
+        result.closed_form = method.fit_closed_form(*parts)
     params = method.trainable_parameters()
     if not params or cfg.epochs == 0:
+        _after_fit(method, parts, result)
         result.seconds = time.perf_counter() - t0
         return result
     if len(train) == 0:
@@ -201,5 +225,6 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
         if result.best_epoch is None:  # resumed after the best epoch was found
             result.best_epoch = max((r for r in result.history if f"val_{cfg.select_metric}" in r),
                                     key=lambda r: r[f"val_{cfg.select_metric}"])["epoch"]
+    _after_fit(method, parts, result)
     result.seconds = time.perf_counter() - t0
     return result

@@ -1,6 +1,6 @@
 """What every method is: an `nn.Module` with a config dataclass (the paper's defaults),
 `logits(batch)`, `loss(batch) -> dict of named terms`, and optionally `fit_closed_form` (training-free
-methods), `concept_scores(batch)` and `explain(batch)`.
+methods), `after_fit` (re-choices on the trained weights), `concept_scores(batch)` and `explain(batch)`.
 
 A batch is a dict of tensors: "features" (B, D) frozen global image features, "patches" (B, N, D)
 patch tokens, "pixels" (B, 3, S, S), "labels" (B,) class indices or (B, C) multi-hot, "index" (B,).
@@ -82,6 +82,14 @@ class Method(nn.Module):
     def fit_closed_form(self, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Training-free / closed-form fitting on frozen features (linear probe, Tip-Adapter, ...).
         Returns what it chose (hyper-parameters) for the results folder. Default: nothing to fit."""
+        return {}
+
+    def after_fit(self, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Hook after training, on the final (best) weights and the cached train/val features (val is
+        train when there is no validation part): re-choose what depends on the learned weights
+        (Tip-Adapter-F re-searches alpha, beta). Runs in every DDP process, so it must be
+        deterministic; what it sets must live in `learned_state` to be saved. Returns what it chose
+        for the results folder. Default: nothing."""
         return {}
 
     def backward(self, terms: dict[str, torch.Tensor], backward: Callable[[torch.Tensor], None]) -> None:
