@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conceptclip.data import Dataset, Sample, fewshot_split, from_folder, holdout_split
-from conceptclip.engine import run_experiment
+from conceptclip.engine import TrainConfig, fit, run_experiment
+from conceptclip.engine.data import Part
+from conceptclip.engine.load import load_run
 from conceptclip.methods import create_method
 from conceptclip.methods.tip_adapter import search_alpha_beta, search_grid
 from conceptclip.prompts import normalize
@@ -100,16 +102,20 @@ def _folder(tmp_path, n_per_class=10):
     return from_folder(tmp_path, name="toy")
 
 
-def test_hyperparameters_come_from_validation_only(tmp_path, tiny_clip):
-    """Poisoned test labels change nothing that fitting chose: same alpha/beta, same test probabilities."""
+@pytest.mark.parametrize("name", ["tip_adapter", "tip_adapter_f"])
+def test_hyperparameters_come_from_validation_only(name, tmp_path, tiny_clip):
+    """Poisoned test labels change nothing that fitting chose: same alpha/beta (before and, for
+    Tip-Adapter-F, after fine-tuning), same test probabilities."""
     clean = _folder(tmp_path / "data")
     split = fewshot_split(clean, holdout_split(clean), shots=2, seed=1)
     test_ids = set(split.parts["test"])
     poisoned = Dataset(clean.name, clean.classnames,
                        [Sample(s.id, s.path, label=(s.label + 1) % 3) if s.id in test_ids else s for s in clean.samples],
                        template=clean.template, root=clean.root)
-    a = run_experiment("tip_adapter", clean, split, tiny_clip, tmp_path / "clean")
-    b = run_experiment("tip_adapter", poisoned, split, tiny_clip, tmp_path / "poisoned")
+    train = {"lr": 0.1}  # large enough that Tip-Adapter-F's second search moves (checked in the reload test)
+    a = run_experiment(name, clean, split, tiny_clip, tmp_path / "clean", train_config=train)
+    b = run_experiment(name, poisoned, split, tiny_clip, tmp_path / "poisoned", train_config=train)
+    assert ("after_fit" in a["closed_form"]) == (name == "tip_adapter_f")
     assert a["closed_form"] == b["closed_form"]
     assert a["test"]["accuracy"] != b["test"]["accuracy"]  # the poison is real
     probs = [[line.split(",")[3:] for line in (tmp_path / d / "predictions.csv").read_text().splitlines()[1:]]
@@ -131,3 +137,46 @@ def test_tip_adapter_f_fine_tunes_keys_only_and_reloads(tiny_clip, classes, batc
     fresh = create_method("tip_adapter_f", tiny_clip, classes)
     fresh.load_learned_state(method.learned_state())
     torch.testing.assert_close(fresh.logits(batch), method.logits(batch))
+
+
+def _part(backbone, n: int, seed: int) -> Part:
+    """`n` noisy features around 3 fixed class centres (noisy enough that fine-tuning moves the search)."""
+    y = torch.arange(3).repeat(n // 3)
+    centres = torch.randn(3, backbone.embed_dim, generator=torch.Generator().manual_seed(42))
+    x = centres[y] + 2.0 * torch.randn(len(y), backbone.embed_dim, generator=torch.Generator().manual_seed(seed))
+    return Part([str(i) for i in range(len(y))], y, tensors={"features": x, "labels": y, "index": torch.arange(len(y))})
+
+
+def test_tip_adapter_f_re_searches_alpha_beta_with_the_fine_tuned_keys(tiny_clip, classes):
+    """After fine-tuning, alpha/beta are what a direct grid search on val with the fine-tuned keys picks
+    (here not the pre-training choice), and they are part of the learned state."""
+    torch.manual_seed(0)
+    method = create_method("tip_adapter_f", tiny_clip, classes)
+    train, val = _part(tiny_clip, 12, 0), _part(tiny_clip, 9, 1)
+    cfg = TrainConfig(epochs=10, lr=0.1, batch_size=4, optimizer="adamw", warmup_epochs=0, progress=False)
+    result = fit(method, train, val, cfg)
+    keys = method.cache_keys.detach()
+    assert not torch.allclose(keys, normalize(train.tensors["features"]))  # the keys were fine-tuned
+    fv = normalize(val.tensors["features"])
+    zs = create_method("zeroshot", tiny_clip, classes).logits(val.tensors)
+    direct = search_alpha_beta(zs, fv @ keys.t(), F.one_hot(train.labels, 3).float(), val.labels,
+                               search_grid(3.0, 20), search_grid(7.0, 200))
+    after = result.closed_form["after_fit"]
+    assert (after["alpha"], after["beta"]) == (direct["alpha"], direct["beta"])
+    assert after["val_accuracy"] == direct["val_accuracy"]
+    assert (float(method.alpha), float(method.beta)) == pytest.approx((direct["alpha"], direct["beta"]))
+    assert (after["alpha"], after["beta"]) != (result.closed_form["alpha"], result.closed_form["beta"])
+    fresh = create_method("tip_adapter_f", tiny_clip, classes)
+    fresh.load_learned_state(method.learned_state())
+    assert (float(fresh.alpha), float(fresh.beta)) == (float(method.alpha), float(method.beta))
+
+
+def test_reloaded_tip_adapter_f_run_scores_with_the_re_searched_values(tmp_path, tiny_clip):
+    data = _folder(tmp_path / "data")
+    split = fewshot_split(data, holdout_split(data), shots=2, seed=1)
+    metrics = run_experiment("tip_adapter_f", data, split, tiny_clip, tmp_path / "run", train_config={"lr": 0.1})
+    method, _ = load_run(tmp_path / "run")
+    chosen = metrics["closed_form"]
+    after = chosen["after_fit"]
+    assert (after["alpha"], after["beta"]) != (chosen["alpha"], chosen["beta"])
+    assert (float(method.alpha), float(method.beta)) == pytest.approx((after["alpha"], after["beta"]))

@@ -15,11 +15,12 @@ validation accuracy (frequent with a few validation images per class) go to the 
 validation cross-entropy.
 
 Tip-Adapter-F (Sec. 3.2) makes the keys learnable (initialised from F_train) and fine-tunes them
-with cross-entropy: AdamW, lr 0.001, batch 256, 20 epochs. Here alpha, beta are first searched on
-validation with the initial keys and then kept during fine-tuning; the reference code searches
-them once more after fine-tuning, which the engine has no hook for yet (documented deviation).
-The reference code also caches augmented views of the training images; here the frozen-feature
-cache serves un-augmented features.
+with cross-entropy: AdamW, lr 0.001, batch 256, 20 epochs. As in the reference code, alpha, beta
+are searched on validation with the initial keys, kept during fine-tuning, and searched again on
+the same grid with the fine-tuned keys (`after_fit`, on the best epoch's keys); the re-searched
+values are buffers of the learned state, so a reloaded run scores with them. The reference code
+also caches augmented views of the training images; here the frozen-feature cache serves
+un-augmented features.
 """
 
 from __future__ import annotations
@@ -115,19 +116,25 @@ class TipAdapter(Method):
         self._set_keys(keys)
         self.cache_values = F.one_hot(labels, len(self.classnames)).float()
         chosen: dict[str, Any] = {"cache_size": int(keys.shape[0])}
-        c = self.config
-        if c.search and len(val.get("labels", [])) > 0:
-            fv = normalize(val["features"].float()).to(device)
-            with torch.no_grad():
-                found = search_alpha_beta(self.zeroshot_logits(fv), fv @ keys.t(), self.cache_values,
-                                          val["labels"].long().to(device), search_grid(c.alpha_max, c.alpha_steps),
-                                          search_grid(c.beta_max, c.beta_steps))
-            self.alpha.fill_(found["alpha"])
-            self.beta.fill_(found["beta"])
-            chosen.update(found)
-        else:
-            chosen.update(alpha=c.init_alpha, beta=c.init_beta)
+        found = self.search_hyperparameters(val)
+        chosen.update(found if found is not None else {"alpha": self.config.init_alpha, "beta": self.config.init_beta})
         return chosen
+
+    @torch.no_grad()
+    def search_hyperparameters(self, val: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        """Grid-search alpha, beta on labelled `val` with the current cache keys (used as they are, like
+        `logits`) and set them; None (nothing changed) when search is off or `val` has no labels."""
+        c = self.config
+        if not c.search or len(val.get("labels", [])) == 0:
+            return None
+        device = self.classifier.device
+        fv = normalize(val["features"].float()).to(device)
+        found = search_alpha_beta(self.zeroshot_logits(fv), fv @ self.cache_keys.detach().t(), self.cache_values,
+                                  val["labels"].long().to(device), search_grid(c.alpha_max, c.alpha_steps),
+                                  search_grid(c.beta_max, c.beta_steps))
+        self.alpha.fill_(found["alpha"])
+        self.beta.fill_(found["beta"])
+        return found
 
     def load_learned_state(self, state: dict[str, torch.Tensor]) -> None:
         """Caches have the size of the training set: resize the empty ones before loading."""
@@ -145,3 +152,7 @@ class TipAdapterF(TipAdapter):
     learn_keys = True
     train_defaults = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "batch_size": 256, "epochs": 20,
                       "warmup_epochs": 0}
+
+    def after_fit(self, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Re-search alpha, beta on `val` with the fine-tuned keys (the reference code's second search)."""
+        return self.search_hyperparameters(val) or {}
