@@ -9,6 +9,7 @@ import torch
 from conceptclip.data.dataset import Dataset
 from conceptclip.data.feature_cache import FeatureCache
 from conceptclip.data.images import PixelDataset
+from conceptclip.errors import DataError
 
 
 def label_tensor(dataset: Dataset, ids: Sequence[str]) -> torch.Tensor:
@@ -20,19 +21,34 @@ def label_tensor(dataset: Dataset, ids: Sequence[str]) -> torch.Tensor:
     return torch.tensor([dataset.by_id(i).label for i in ids], dtype=torch.long)
 
 
+def sample_rows(dataset: Dataset, ids: Sequence[str]) -> torch.Tensor:
+    """(N,) long: the row of each id in `dataset.samples` (the batches' "sample" key)."""
+    pos = {s.id: r for r, s in enumerate(dataset.samples)}
+    missing = [i for i in ids if i not in pos]
+    if missing:
+        raise DataError(f"dataset {dataset.name!r} has no sample with id(s) {missing[:5]}")
+    return torch.tensor([pos[i] for i in ids], dtype=torch.long)
+
+
 class Part:
-    """A split part: `tensors` (features/patches/labels/index, all on one first axis) or a pixel dataset.
+    """A split part: `tensors` (features/patches/labels/index/sample, all on one first axis) or a pixel dataset.
+
+    Batch keys besides the inputs: "labels"; "index" (B,) the position within the part; "sample" (B,)
+    long, the row of each image in `dataset.samples` (parts built by `build_part`; pixel parts get it
+    from `rows`), so a method constructed with `dataset=` can look up per-image annotations (ECOR's
+    rationale truth).
 
     A train part with augmented views holds "views" (N, V, D); shuffled batches (training) then take
     each sample's features from one of its views, drawn per epoch; unshuffled ones the plain features."""
 
     def __init__(self, ids: Sequence[str], labels: torch.Tensor, tensors: dict[str, torch.Tensor] | None = None,
-                 pixels: PixelDataset | None = None, num_workers: int = 0) -> None:
+                 pixels: PixelDataset | None = None, num_workers: int = 0, rows: torch.Tensor | None = None) -> None:
         self.ids = list(ids)
         self.labels = labels
         self.tensors = tensors
         self.pixels = pixels
         self.num_workers = num_workers
+        self.rows = rows
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -66,7 +82,10 @@ class Part:
         loader = torch.utils.data.DataLoader(self.pixels, batch_size=batch_size, sampler=order.tolist(),
                                              num_workers=self.num_workers)
         for pixels, idx in loader:
-            yield {"pixels": pixels, "labels": self.labels[idx], "index": idx}
+            batch = {"pixels": pixels, "labels": self.labels[idx], "index": idx}
+            if self.rows is not None:
+                batch["sample"] = self.rows[idx]
+            yield batch
 
 
 def build_part(dataset: Dataset, ids: Sequence[str], inputs: frozenset[str], backbone, cache: FeatureCache,
@@ -74,14 +93,13 @@ def build_part(dataset: Dataset, ids: Sequence[str], inputs: frozenset[str], bac
                views: int = 0, view_seed: int = 0) -> Part:
     labels = label_tensor(dataset, ids)
     index = torch.arange(len(ids))
+    rows = sample_rows(dataset, ids)
     if "pixels" in inputs:
         return Part(ids, labels, pixels=PixelDataset(dataset.subset(ids), backbone.preprocess, augment),
-                    num_workers=num_workers)
+                    num_workers=num_workers, rows=rows)
     feats = _all_features or cache.image_features(backbone, dataset, patches="patches" in inputs,
                                                   num_workers=num_workers, views=views, view_seed=view_seed)
-    pos = {s.id: r for r, s in enumerate(dataset.samples)}
-    rows = torch.tensor([pos[i] for i in ids], dtype=torch.long)
-    tensors = {"features": feats["global"][rows], "labels": labels, "index": index}
+    tensors = {"features": feats["global"][rows], "labels": labels, "index": index, "sample": rows}
     if "patches" in inputs:
         tensors["patches"] = feats["patches"][rows]
     if views:
