@@ -5,6 +5,8 @@ Prompts are tokenised once with `n_ctx` placeholder words; the placeholder posit
 tokenising the same prompts with two different placeholder words and diffing the ids, which works
 for any tokenizer (BPE, WordPiece) and any class name. At each step the learned vectors replace
 the token embeddings at those positions and the frozen text encoder runs on all classes at once.
+A prompt longer than the backbone's context length is refused at construction: tokenizers
+truncate silently, which would drop the class name.
 """
 
 from __future__ import annotations
@@ -32,6 +34,35 @@ def _prompt_text(placeholder: str, n_ctx: int, classname: str, position: str, su
         half = n_ctx // 2
         return " ".join(words[:half] + [classname] + words[half:]) + suffix
     return " ".join([classname] + words) + suffix
+
+
+def check_prompts_fit(backbone: Backbone, names: Sequence[str], n_ctx: int, position: str, suffix: str,
+                      from_init: bool = False) -> None:
+    """Refuse prompts of `n_ctx` context tokens + class name + suffix longer than the context length.
+
+    Tokenizers truncate silently (keeping the end token), so a too-long prompt loses its suffix, its
+    class name (every class then gets the same prompt) or context tokens. Each placeholder word is
+    one token and tokenizers split at spaces, so a prompt needs n_ctx + the tokens of the prompt
+    without context (class name, suffix, start/end tokens).
+    """
+    rest = backbone.tokenize([_prompt_text("X", 0, c, position, suffix) for c in names]).attention_mask.sum(1)
+    limit = backbone.context_length
+    needed = rest + n_ctx
+    if int(needed.max()) <= limit:
+        return
+    bad = int(needed.argmax())
+    fit = limit - int(rest.max())  # the most context tokens every class leaves room for
+    at_least = "at least " if int(rest[bad]) >= limit else ""  # the prompt without context was cut too
+    if fit < 1:
+        hint = "shorten the class name"
+    elif from_init:
+        hint = f"use a ctx_init of at most {fit} tokens"
+    else:
+        hint = f"use n_ctx <= {fit}"
+    raise ConfigError(f"class {names[bad]!r}: the prompt needs {at_least}{int(needed[bad])} tokens ({n_ctx} "
+                      f"context + {int(rest[bad])} for the class name, {suffix!r} and start/end tokens) but only "
+                      f"{limit} are available (the backbone's context length); the tokenizer would cut the "
+                      f"prompt and could drop the class name: {hint}")
 
 
 def placeholder_positions(backbone: Backbone, texts_a: Sequence[str], texts_b: Sequence[str], n_ctx: int) -> tuple[TokenBatch, torch.Tensor]:
@@ -81,6 +112,7 @@ class ContextPrompt(nn.Module):
         if n_ctx < 1:
             raise ConfigError(f"n_ctx={n_ctx}: expected at least one context token")
         self.n_ctx, self.position, self.class_specific = n_ctx, position, class_specific
+        check_prompts_fit(backbone, names, n_ctx, position, suffix, from_init=init_vectors is not None)
         texts_a = [_prompt_text("X", n_ctx, c, position, suffix) for c in names]
         texts_b = [_prompt_text("Y", n_ctx, c, position, suffix) for c in names]
         tokens, pos = placeholder_positions(backbone, texts_a, texts_b, n_ctx)
