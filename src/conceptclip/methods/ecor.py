@@ -14,7 +14,9 @@ joint distribution factorised as
 - Training minimises the joint negative log-likelihood of the true category and rationales,
       L = -log P(R* | I) - λ log P(c* | R*, I)     (λ = 1: exactly -log P(c*, R* | I))     (Eq. 4)
   with several true rationales (an image shows several criteria) each term averages over them;
-  only visual prompts learn (shallow or deep VPT, `prompts.visual_prompts`).
+  only visual prompts learn (shallow or deep VPT, `prompts.visual_prompts`). The true rationales
+  R* of an image: its annotated ones (batch "rationales", or, for a method built with an annotated
+  `dataset=` such as PH2, looked up by the engine batches' "sample" rows), else its class's.
 - Inference ranks every candidate pair (c, R) by P(c, R | I), keeps the top k and lets them vote:
   the category with most pairs among the top k wins (max voting), ties going to the category
   with the highest joint probability; the rationale explanation is that category's best R.   (Eq. 5)
@@ -42,7 +44,7 @@ from conceptclip.errors import ConfigError
 from conceptclip.knowledge.templates import ECOR_CATEGORY, ECOR_RATIONALE, PromptTemplate
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
-from conceptclip.prompts.rationales import build_rationale_space
+from conceptclip.prompts.rationales import build_rationale_space, dataset_rationales
 from conceptclip.prompts.text_features import encode_prompts
 from conceptclip.prompts.visual_prompts import build_visual_prompt
 from conceptclip.explain.similarity import similarity_maps
@@ -275,6 +277,27 @@ class RationaleMethod(Method):
         self.register_buffer("pair_text", encode_prompts(backbone, self.pair_texts), persistent=False)
         self.register_buffer("set_matrix", self.space.set_matrix, persistent=False)
         self.register_buffer("class_truth", self.space.class_truth, persistent=False)
+        self._build_sample_truth(self.context.get("dataset"))
+
+    def _build_sample_truth(self, dataset: Any) -> None:
+        """Per-image truth of the dataset the method was given (`dataset=`, as run_experiment passes):
+        `sample_truth` (N_dataset, V) bool and `sample_annotated` (N_dataset,) bool, indexed by the
+        batches' "sample" key; None when the dataset has no per-image rationale annotations or
+        rationale_truth="class". `truth_source` says which truth the loss uses."""
+        per = dataset_rationales(dataset) if dataset is not None and self.config.rationale_truth == "image" else None
+        if per is None:
+            self.register_buffer("sample_truth", None, persistent=False)
+            self.register_buffer("sample_annotated", None, persistent=False)
+            self.truth_source = ("class: the bank's rationales of the true class" if self.config.rationale_truth == "class"
+                                 else "image where batches carry 'rationales', else class (the dataset has no "
+                                      "per-image rationale annotations)")
+            return
+        annotated = torch.tensor([p is not None for p in per], dtype=torch.bool)
+        self.register_buffer("sample_truth", self.space.truth([p or () for p in per]).bool(), persistent=False)
+        self.register_buffer("sample_annotated", annotated, persistent=False)
+        self.truth_source = (f"image: dataset {getattr(dataset, 'name', '?')!r} annotations by batch 'sample' "
+                             f"({int(annotated.sum())} of {len(per)} images annotated; the others and batches "
+                             "without 'sample' use the class's rationales)")
 
     # -- image side ---------------------------------------------------------------------
     def image_features(self, batch: dict[str, torch.Tensor], patches: bool = False):
@@ -313,15 +336,27 @@ class RationaleMethod(Method):
         return d.scores.clamp_min(1e-12).log()
 
     def rationale_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, V) true rationales: the batch's per-image "rationales" (N, V) multi-hot when given
-        (and rationale_truth="image"), else the bank's rationales of the true class."""
-        if self.config.rationale_truth == "image" and "rationales" in batch:
+        """(B, V) true rationales, with rationale_truth="image": the batch's per-image "rationales"
+        multi-hot when given; else, for a method given an annotated dataset, each image's own truth
+        looked up by the batch's "sample" rows (engine batches); else (and for images without
+        annotations, or rationale_truth="class") the bank's rationales of the true class."""
+        class_level = self.class_truth[batch["labels"]]
+        if self.config.rationale_truth != "image":
+            return class_level
+        if "rationales" in batch:
             t = batch["rationales"]
             if t.dim() != 2 or t.shape[1] != len(self.space.vocab):
                 raise ConfigError(f"batch 'rationales': expected (B, {len(self.space.vocab)}) multi-hot over the "
                                   f"rationale vocabulary, got {tuple(t.shape)}")
             return t.bool()
-        return self.class_truth[batch["labels"]]
+        if self.sample_truth is None or "sample" not in batch:
+            return class_level
+        rows = batch["sample"].long()
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.sample_truth.shape[0]):
+            raise ConfigError(f"batch 'sample': rows must index the method's dataset of {self.sample_truth.shape[0]} "
+                              f"images, got values in [{int(rows.min())}, {int(rows.max())}]")
+        own = self.sample_annotated[rows].unsqueeze(1)
+        return torch.where(own, self.sample_truth[rows], class_level)
 
     def positive_sets(self, truth: torch.Tensor) -> torch.Tensor:
         wrong = (self.set_matrix.unsqueeze(0) & ~truth.bool().unsqueeze(1)).any(-1)
@@ -368,7 +403,8 @@ class RationaleMethod(Method):
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "rationale_space": self.space.summary(), "visual_prompt_kind": self.visual.kind}
+        return {**super().describe(), "rationale_space": self.space.summary(), "visual_prompt_kind": self.visual.kind,
+                "rationale_truth_source": self.truth_source}
 
 
 @register_method("ecor")

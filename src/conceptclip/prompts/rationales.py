@@ -11,6 +11,9 @@ rationales or PH2's dermoscopic criteria per diagnosis):
 - `class_truth` (C, V): the bank's rationales of each class (class-level truth where no per-image
   annotation exists).
 
+Per-image truth: `dataset_rationales(dataset)` reads each sample's annotated phrases (PH2's
+dermoscopic criteria, or `attrs["rationales"]`) and `space.truth(...)` turns them into (N, V).
+
 Prompts come from the knowledge templates: the rationale prompt "There are {r1} and {r2} in the
 photo." (P(R | I)) and the category-given-rationale prompt "This is a photo of a {c} because there
 is {r}." (P(c | R, I)), a set's phrases joined by " and ".
@@ -19,7 +22,8 @@ is {r}." (P(c | R, I)), a set's phrases joined by " and ".
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -106,6 +110,24 @@ class RationaleSpace:
     def summary(self) -> dict:
         return {"bank": self.bank_name, "bank_hash": self.bank_hash, "vocabulary": len(self.vocab),
                 "sets": len(self.sets), "pairs": int(self.pair_mask.sum())}
+
+
+def dataset_rationales(dataset: Any) -> list[list[str] | None] | None:
+    """The annotated rationale phrases of every sample of `dataset`, in `dataset.samples` order (None
+    for a sample without annotations), or None when no sample has any. Sources: a sample's
+    `attrs["rationales"]` (a list of phrases, for datasets built in code); for PH2 (`load_ph2`), the
+    dermoscopic criteria of its labels.csv (`knowledge.ph2_concepts_per_image`, the phrases of the
+    `ph2` bank, as benchmarks/ecor_ph2.py uses)."""
+    samples = list(getattr(dataset, "samples", None) or [])
+    per: list[list[str] | None] = [list(s.attrs["rationales"]) if "rationales" in s.attrs else None for s in samples]
+    root = getattr(dataset, "root", None)
+    labels_csv = Path(root) / "labels.csv" if root is not None else None
+    if getattr(dataset, "name", "") == "ph2" and labels_csv is not None and labels_csv.is_file():
+        from conceptclip.knowledge.skin import ph2_concepts_per_image
+
+        criteria = ph2_concepts_per_image(labels_csv)
+        per = [p if p is not None else criteria.get(s.id) for p, s in zip(per, samples)]
+    return per if any(p is not None for p in per) else None
 
 
 def match_bank_classes(bank: ConceptBank, classnames: Sequence[str],
