@@ -66,13 +66,40 @@ def ph2():
     return load_dataset("ph2")
 
 
+PETS = ["cat", "dog", "fish"]
+PET_CONCEPTS = {"cat": ["whiskers", "pointed ears"], "dog": ["floppy ears", "wet nose"], "fish": ["fins", "scales"]}
+
+
+def write_pet_images(root: Path, n: int, size: tuple[int, int]) -> Path:
+    """root/<class>/<i>.png for cat, dog, fish: n seeded random (h, w) = `size` images per class, each
+    class with its own mean colour (60, 130, 200), so even a tiny model can tell them apart."""
+    rng = np.random.default_rng(1)
+    for c, name in enumerate(PETS):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = np.clip(rng.normal(60 + 70 * c, 20, (*size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+    return root
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """A class-folder dataset: 3 classes x 10 random 40x40 PNGs, each class with its own mean colour."""
-    rng = np.random.default_rng(1)
-    for c, name in enumerate(["cat", "dog", "fish"]):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(10):
-            arr = np.clip(rng.normal(60 + 70 * c, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(tmp_path / "data" / name / f"{i}.png")
-    return tmp_path / "data"
+    return write_pet_images(tmp_path / "data", 10, (40, 40))
+
+
+def _write_pets(root: Path) -> dict[str, Path]:
+    from conceptclip.knowledge.schema import Provenance, save_bank, simple_bank
+
+    data = write_pet_images(root / "data", 8, (40, 48))
+    bank = simple_bank("pets", PET_CONCEPTS, Provenance(kind="paper", citation="hand-written test bank"))
+    save_bank(bank, root / "bank.json")
+    return {"data": data, "bank": root / "bank.json"}
+
+
+@pytest.fixture(scope="session")
+def pets():
+    """Writes the pets data of the report and web tests: `pets(root)` gives {"data": root/data with
+    8 random 40x48 PNGs per class (cat, dog, fish), "bank": root/bank.json, a hand-written concept
+    bank with two concepts per class}."""
+    return _write_pets
