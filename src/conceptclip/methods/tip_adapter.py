@@ -19,8 +19,8 @@ with cross-entropy: AdamW, lr 0.001, batch 256, 20 epochs. As in the reference c
 are searched on validation with the initial keys, kept during fine-tuning, and searched again on
 the same grid with the fine-tuned keys (`after_fit`, on the best epoch's keys); the re-searched
 values are buffers of the learned state, so a reloaded run scores with them. The reference code
-also caches augmented views of the training images; here the frozen-feature cache serves
-un-augmented features.
+builds the keys from the mean of 10 augmented views of every training image; here they are the
+plain features (with `augment_views`, the fine-tuning epochs read cached augmented views).
 """
 
 from __future__ import annotations
