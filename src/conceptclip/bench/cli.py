@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from typer.core import TyperCommand
 
+from conceptclip.bench.presets import BASE2NOVEL_METHODS, FEWSHOT_METHODS
 from conceptclip.errors import ConfigError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -86,86 +87,61 @@ def _train_options(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _run(protocol: str, dataset: str, methods: list[str] | None, shots: list[int], seeds: list[int], out: Path,
-         backbone: str, max_epochs: Optional[int], epochs: list[str] | None, option: list[str] | None,
-         train_option: list[str] | None, device: Optional[str], align_epochs: int, overwrite: bool, threads: int,
-         selection: str, default_methods: tuple[str, ...]) -> None:
-    from conceptclip.bench.protocol import run_protocol
-    from conceptclip.bench.table import write_tables
+def _protocol_command(protocol: str, default_methods: tuple[str, ...], methods_help: str, shots_default: list[int],
+                      shots_help: str, doc: str) -> Callable[..., None]:
+    """The `bench PROTOCOL` command. Both protocols take the same options (typer reads them off the
+    signature, so one signature serves both); only the default methods and shots, their help and
+    the docstring (the command's help) differ."""
 
-    if threads > 0:
-        import torch
+    def command(
+        dataset: str = typer.Option("ph2", help="'ph2', a class-folder directory, a .csv or .json manifest"),
+        methods: Optional[List[str]] = typer.Option(None, help=methods_help),
+        shots: List[int] = typer.Option(shots_default, help=shots_help),
+        seeds: List[int] = typer.Option([1, 2, 3], help="split and training seeds"),
+        out: Path = typer.Option(Path("runs/bench"), "--out", "-o", help="output folder (reruns continue it)"),
+        backbone: str = typer.Option(
+            "lite", help="backbone spec; plain 'lite' aligns its heads once on the train pool"),
+        max_epochs: Optional[int] = typer.Option(None, help="cap every gradient method's paper epochs at this number"),
+        epochs: Optional[List[str]] = typer.Option(
+            None, "--epochs", help="epochs of one method, METHOD=N (repeatable; beats --max-epochs)"),
+        option: Optional[List[str]] = typer.Option(None, "--set", help="method option METHOD.KEY=VALUE (repeatable)"),
+        train_option: Optional[List[str]] = typer.Option(
+            None, "--train", help="training option KEY=VALUE for every method (repeatable)"),
+        device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
+        align_epochs: int = typer.Option(300, help="epochs of the lite head alignment"),
+        overwrite: bool = typer.Option(False, help="delete this protocol's earlier runs in --out first"),
+        threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is fastest on a busy machine)"),
+        selection: str = typer.Option(
+            "last", help="'last': test the final epoch (the papers' protocol); 'val': best validation epoch"),
+    ) -> None:
+        from conceptclip.bench.protocol import run_protocol
+        from conceptclip.bench.table import write_tables
 
-        torch.set_num_threads(threads)
-    records = run_protocol(protocol, dataset, list(methods or default_methods), list(shots), list(seeds), out,
-                           backbone=backbone, max_epochs=max_epochs, epochs=_epochs(epochs), selection=selection,
-                           method_overrides=_method_overrides(option),
-                           train_options=_train_options(train_option), device=device, align_epochs=align_epochs,
-                           overwrite=overwrite, log=lambda s: typer.echo(s, err=True))
-    title = f"{dataset if dataset == 'ph2' else Path(dataset).name} / {backbone}"
-    paths = write_tables(protocol, records, out, title=title)
-    typer.echo(paths["md"].read_text(encoding="utf-8"))
-    typer.echo(f"tables: {paths['csv']}, {paths['md']}, {paths['png']}; per run: {paths['runs_csv']}", err=True)
+        if threads > 0:
+            import torch
 
+            torch.set_num_threads(threads)
+        records = run_protocol(protocol, dataset, list(methods or default_methods), list(shots), list(seeds),
+                               out, backbone=backbone, max_epochs=max_epochs, epochs=_epochs(epochs),
+                               selection=selection, method_overrides=_method_overrides(option),
+                               train_options=_train_options(train_option), device=device, align_epochs=align_epochs,
+                               overwrite=overwrite, log=lambda s: typer.echo(s, err=True))
+        title = f"{dataset if dataset == 'ph2' else Path(dataset).name} / {backbone}"
+        paths = write_tables(protocol, records, out, title=title)
+        typer.echo(paths["md"].read_text(encoding="utf-8"))
+        typer.echo(f"tables: {paths['csv']}, {paths['md']}, {paths['png']}; per run: {paths['runs_csv']}",
+                   err=True)
 
-_DATASET = typer.Option("ph2", help="'ph2', a class-folder directory, a .csv or .json manifest")
-_BACKBONE = typer.Option("lite", help="backbone spec; plain 'lite' aligns its heads once on the train pool")
-_MAX_EPOCHS = typer.Option(None, help="cap every gradient method's paper epochs at this number")
-_EPOCHS = typer.Option(None, "--epochs", help="epochs of one method, METHOD=N (repeatable; beats --max-epochs)")
-_THREADS = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is fastest on a busy machine)")
-_SELECTION = typer.Option("last", help="'last': test the final epoch (the papers' protocol); 'val': best validation epoch")
-_SET = typer.Option(None, "--set", help="method option METHOD.KEY=VALUE (repeatable)")
-_TRAIN = typer.Option(None, "--train", help="training option KEY=VALUE for every method (repeatable)")
-_DEVICE = typer.Option(None, help="cpu | cuda (default: cuda when available)")
-_ALIGN = typer.Option(300, help="epochs of the lite head alignment")
-_OVERWRITE = typer.Option(False, help="delete this protocol's earlier runs in --out first")
-
-
-@bench_app.command(cls=_ListOptionsCommand)
-def fewshot(
-    dataset: str = _DATASET,
-    methods: Optional[List[str]] = typer.Option(None, help="methods (default: BiomedCoOp's comparison suite)"),
-    shots: List[int] = typer.Option([1, 2, 4, 8, 16], help="K shots per class"),
-    seeds: List[int] = typer.Option([1, 2, 3], help="split and training seeds"),
-    out: Path = typer.Option(Path("runs/bench"), "--out", "-o", help="output folder (reruns continue it)"),
-    backbone: str = _BACKBONE,
-    max_epochs: Optional[int] = _MAX_EPOCHS,
-    epochs: Optional[List[str]] = _EPOCHS,
-    option: Optional[List[str]] = _SET,
-    train_option: Optional[List[str]] = _TRAIN,
-    device: Optional[str] = _DEVICE,
-    align_epochs: int = _ALIGN,
-    overwrite: bool = _OVERWRITE,
-    threads: int = _THREADS,
-    selection: str = _SELECTION,
-) -> None:
-    """Few-shot protocol: every method x K x seed, then the mean ± std table (CSV, Markdown, PNG)."""
-    from conceptclip.bench.presets import FEWSHOT_METHODS
-
-    _run("fewshot", dataset, methods, shots, seeds, out, backbone, max_epochs, epochs, option, train_option, device,
-         align_epochs, overwrite, threads, selection, FEWSHOT_METHODS)
+    command.__name__ = command.__qualname__ = protocol
+    command.__doc__ = doc
+    return command
 
 
-@bench_app.command(cls=_ListOptionsCommand)
-def base2novel(
-    dataset: str = _DATASET,
-    methods: Optional[List[str]] = typer.Option(None, help="methods (default: the prompt learners)"),
-    shots: List[int] = typer.Option([16], help="K shots per base class"),
-    seeds: List[int] = typer.Option([1, 2, 3], help="split and training seeds"),
-    out: Path = typer.Option(Path("runs/bench"), "--out", "-o", help="output folder (reruns continue it)"),
-    backbone: str = _BACKBONE,
-    max_epochs: Optional[int] = _MAX_EPOCHS,
-    epochs: Optional[List[str]] = _EPOCHS,
-    option: Optional[List[str]] = _SET,
-    train_option: Optional[List[str]] = _TRAIN,
-    device: Optional[str] = _DEVICE,
-    align_epochs: int = _ALIGN,
-    overwrite: bool = _OVERWRITE,
-    threads: int = _THREADS,
-    selection: str = _SELECTION,
-) -> None:
-    """Base-to-novel protocol: train on the base half of the classes, test on base and novel; H per method."""
-    from conceptclip.bench.presets import BASE2NOVEL_METHODS
-
-    _run("base2novel", dataset, methods, shots, seeds, out, backbone, max_epochs, epochs, option, train_option, device,
-         align_epochs, overwrite, threads, selection, BASE2NOVEL_METHODS)
+fewshot = bench_app.command("fewshot", cls=_ListOptionsCommand)(_protocol_command(
+    "fewshot", FEWSHOT_METHODS, methods_help="methods (default: BiomedCoOp's comparison suite)",
+    shots_default=[1, 2, 4, 8, 16], shots_help="K shots per class",
+    doc="Few-shot protocol: every method x K x seed, then the mean ± std table (CSV, Markdown, PNG)."))
+base2novel = bench_app.command("base2novel", cls=_ListOptionsCommand)(_protocol_command(
+    "base2novel", BASE2NOVEL_METHODS, methods_help="methods (default: the prompt learners)",
+    shots_default=[16], shots_help="K shots per base class",
+    doc="Base-to-novel protocol: train on the base half of the classes, test on base and novel; H per method."))
