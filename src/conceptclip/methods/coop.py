@@ -35,8 +35,7 @@ class CoOp(Method):
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
-        c = self.config
-        self.prompt = ContextPrompt.from_config(backbone, self.classnames, c)
+        self.prompt = ContextPrompt.from_config(backbone, self.classnames, self.config)
 
     def text_features(self) -> torch.Tensor:
         return normalize(self.prompt())

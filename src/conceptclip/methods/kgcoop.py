@@ -20,6 +20,7 @@ import torch
 
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.methods.coop import CoOp
 from conceptclip.prompts import ContextPrompt, class_text_features, normalize
 
 
@@ -40,13 +41,11 @@ def kg_loss(learned: torch.Tensor, handcrafted: torch.Tensor) -> torch.Tensor:
 class KgCoOp(Method):
     Config = KgCoOpConfig
     inputs = frozenset({"features"})
-    train_defaults = {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 50, "warmup_epochs": 1,
-                      "warmup_lr": 1e-5}
+    train_defaults = CoOp.train_defaults  # CoOp's schedule (SGD lr 0.002, batch 32)
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
-        c = self.config
-        self.prompt = ContextPrompt.from_config(backbone, self.classnames, c)
+        self.prompt = ContextPrompt.from_config(backbone, self.classnames, self.config)
         # w^clip: fixed, class-specific, recomputed from the class names (never checkpointed)
         self.register_buffer("handcrafted", class_text_features(backbone, self.classnames, [self.template]),
                              persistent=False)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from conceptclip.errors import ConfigError
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.methods.coop import CoOp
 from conceptclip.prompts import ContextPrompt, class_text_features, normalize
 
 
@@ -57,15 +58,13 @@ def project_gradient(g_d: torch.Tensor, g_g: torch.Tensor, lam: float = 1.0) -> 
 class ProGrad(Method):
     Config = ProGradConfig
     inputs = frozenset({"features"})
-    train_defaults = {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 50, "warmup_epochs": 1,
-                      "warmup_lr": 1e-5}
+    train_defaults = CoOp.train_defaults  # CoOp's schedule, as the paper
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
-        c = self.config
         if self.multilabel:
             raise ConfigError("prograd's KL to the zero-shot softmax needs a single-label dataset")
-        self.prompt = ContextPrompt.from_config(backbone, self.classnames, c)
+        self.prompt = ContextPrompt.from_config(backbone, self.classnames, self.config)
         self.register_buffer("handcrafted", class_text_features(backbone, self.classnames, [self.template]),
                              persistent=False)
 
