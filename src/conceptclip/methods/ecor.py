@@ -289,8 +289,8 @@ class RationaleMethod(Method):
             self.register_buffer("sample_truth", None, persistent=False)
             self.register_buffer("sample_annotated", None, persistent=False)
             self.truth_source = ("class: the bank's rationales of the true class" if self.config.rationale_truth == "class"
-                                 else "image where batches carry 'rationales', else class (the dataset has no "
-                                      "per-image rationale annotations)")
+                                 else "image where batches carry 'rationales', else class (no dataset with "
+                                      "per-image rationale annotations was given)")
             return
         annotated = torch.tensor([p is not None for p in per], dtype=torch.bool)
         self.register_buffer("sample_truth", self.space.truth([p or () for p in per]).bool(), persistent=False)
