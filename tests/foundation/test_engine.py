@@ -42,7 +42,14 @@ def test_fit_learns_and_selects_on_validation(tiny_clip):
     losses = [r["loss"] for r in result.history]
     assert len(losses) == 15 and losses[-1] < losses[0]
     scores = [r["val_accuracy"] for r in result.history]
-    assert result.best_score == max(scores) and result.best_epoch == scores.index(max(scores))
+    best = min((r for r in result.history if r["val_accuracy"] == max(scores)), key=lambda r: r["val_loss"])
+    assert result.best_score == max(scores) and result.best_epoch == best["epoch"]  # ties: the lower val loss
+    # val_loss is the mean negative log-likelihood of the true class under the selected model
+    from conceptclip.engine import predict
+
+    probs = predict(coop, val)
+    nll = -probs.gather(1, val.labels[:, None]).log().mean()
+    assert abs(float(nll) - best["val_loss"]) < 1e-5
 
 
 SCRIPT = textwrap.dedent("""

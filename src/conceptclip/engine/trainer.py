@@ -2,7 +2,7 @@
 
 Closed-form methods fit on the cached train/val features; gradient methods train their own
 parameters (only those with `requires_grad`) with SGD/AdamW, constant warm-up then cosine, for
-`epochs` epochs, selecting the epoch with the best validation metric. Device, mixed precision and
+`epochs` epochs, selecting the epoch with the best validation metric (ties: the lower validation loss). Device, mixed precision and
 DDP come from Lightning Fabric. After every epoch a checkpoint is written atomically; a killed run
 restarted with the same checkpoint path resumes from the last finished epoch and reaches the same
 final weights bit for bit on CPU, because each epoch's randomness is seeded from (seed, epoch).
@@ -87,7 +87,8 @@ def _optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.opti
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def validation_score(method, val: Part | None, metric: str, device) -> float | None:
+def validation_score(method, val: Part | None, metric: str, device) -> tuple[float, float] | None:
+    """(selection metric, mean negative log-likelihood) of `method` on `val`; None without a val part."""
     if val is None or len(val) == 0:
         return None
     probs = predict(method, val, device=device)
@@ -95,7 +96,19 @@ def validation_score(method, val: Part | None, metric: str, device) -> float | N
     if metric not in metrics:
         raise ConfigError(f"select_metric={metric!r}: expected one of {sorted(k for k in metrics if k != 'n')}")
     value = metrics[metric]
-    return float("nan") if value is None else float(value)
+    p = probs.double().clamp(1e-12, 1 - 1e-12)
+    if method.multilabel:
+        y = val.labels.double()
+        nll = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+    else:
+        nll = -p.gather(1, val.labels.long()[:, None]).log().mean()
+    return (float("nan") if value is None else float(value)), float(nll)
+
+
+def selection_key(record: dict, metric: str) -> tuple[float, float]:
+    """Model selection: the higher validation metric, ties broken by the lower validation loss (on a
+    few-shot validation set accuracy ties often; the earliest epoch would otherwise win them)."""
+    return record[f"val_{metric}"], -record.get("val_loss", 0.0)
 
 
 def _cached(train: Part, val: Part | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
@@ -154,7 +167,7 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
 
     optimizer = _optimizer(params, cfg)
     model, optimizer = fabric.setup(method, optimizer)
-    start, best_state, best_score = 0, None, None
+    start, best_state, best_score, best_key = 0, None, None, None
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
@@ -169,6 +182,8 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
         best_state = state["best_state"] or None
         best_score = state["best_score"]
         result.history = state["history"]
+        scored = [r for r in result.history if f"val_{cfg.select_metric}" in r]
+        best_key = max((selection_key(r, cfg.select_metric) for r in scored), default=None)
         result.resumed_from = state["epoch"]
 
     batch_size = cfg.batch_size // fabric.world_size
@@ -202,11 +217,12 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
         record: dict[str, Any] = {"epoch": epoch, "lr": cfg.lr_at(epoch),
                                   **{k: v / max(steps, 1) for k, v in sums.items()}}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            score = validation_score(method, val, cfg.select_metric, fabric.device)
-            if score is not None:
-                record[f"val_{cfg.select_metric}"] = score
-                if best_score is None or score > best_score:
-                    best_score = score
+            scored = validation_score(method, val, cfg.select_metric, fabric.device)
+            if scored is not None:
+                record[f"val_{cfg.select_metric}"], record["val_loss"] = scored
+                key = selection_key(record, cfg.select_metric)
+                if best_key is None or key > best_key:
+                    best_key, best_score = key, scored[0]
                     best_state = {k: v.detach().clone().cpu() for k, v in method.learned_state().items()}
                     result.best_epoch = epoch
         result.history.append(record)
@@ -224,7 +240,7 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
         result.best_score = best_score
         if result.best_epoch is None:  # resumed after the best epoch was found
             result.best_epoch = max((r for r in result.history if f"val_{cfg.select_metric}" in r),
-                                    key=lambda r: r[f"val_{cfg.select_metric}"])["epoch"]
+                                    key=lambda r: selection_key(r, cfg.select_metric))["epoch"]
     _after_fit(method, parts, result)
     result.seconds = time.perf_counter() - t0
     return result
