@@ -95,8 +95,7 @@ class BiomedCoOp(Method):
             raise ConfigError("biomedcoop's distillation needs a single-label dataset")
         if c.tau < 0:
             raise ConfigError(f"biomedcoop tau={c.tau}: expected a non-negative number")
-        self.prompt = ContextPrompt(backbone, self.classnames, n_ctx=c.n_ctx, ctx_init=c.ctx_init or None,
-                                    init_std=c.init_std)
+        self.prompt = ContextPrompt.from_config(backbone, self.classnames, c)
         if ensembles is not None:  # given directly (class -> prompts), e.g. by a user
             missing = [n for n in self.classnames if not ensembles.get(n)]
             if missing:

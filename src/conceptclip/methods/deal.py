@@ -190,8 +190,7 @@ class DEAL(Method):
         cons = [f"{self.classnames[ci]} with {p}" for ci, p in self.concept_lists.flat]
         self.concept_names = [f"{self.classnames[ci]}: {p}" for ci, p in self.concept_lists.flat]
         # one shared context for all C category and T concept prompts: "[V]_1..[V]_M [CAT] with ... ."
-        self.prompt = ContextPrompt(backbone, cats + cons, n_ctx=c.n_ctx, ctx_init=c.ctx_init or None,
-                                    init_std=c.init_std)
+        self.prompt = ContextPrompt.from_config(backbone, cats + cons, c)
         lengths = self.prompt.attention_mask.sum(1)
         if int(lengths.max()) >= backbone.context_length:  # the tokenizer cut the end: concepts would be lost
             bad = int(lengths.argmax())

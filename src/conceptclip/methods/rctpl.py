@@ -92,10 +92,8 @@ class RCTPL(Method):
             raise ConfigError(f"RCTPLConfig.alpha={c.alpha}: expected a weight in [0, 1]")
         if c.margin < 0:
             raise ConfigError(f"RCTPLConfig.margin={c.margin}: expected a non-negative margin")
-        self.report_prompt = ContextPrompt(backbone, self.classnames, n_ctx=c.n_ctx, ctx_init=c.ctx_init or None,
-                                           init_std=c.init_std)
-        self.concept_prompt = ContextPrompt(backbone, self.classnames, n_ctx=c.n_ctx, ctx_init=c.ctx_init or None,
-                                            init_std=c.init_std)
+        self.report_prompt = ContextPrompt.from_config(backbone, self.classnames, c)
+        self.concept_prompt = ContextPrompt.from_config(backbone, self.classnames, c)
         if not c.local:
             self.concept_prompt.ctx.requires_grad_(False)
 
