@@ -38,6 +38,11 @@ def test_per_image_phrases_and_frequencies_on_a_worked_example(tmp_path):
     assert bank.phrases("melanoma")[:3] == ["atypical pigment network", "blue-whitish veil", "dark-brown colour"]
     assert bank.phrases("atypical nevus") == []
     assert bank.sources["ph2"].kind == "annotation"
+    only_b = ph2_bank(path, min_frequency=0.5, ids=["B", "C"])  # e.g. a train pool: image A never counts
+    mel = {c.phrase: (c.frequency, c.count) for c in only_b.classes["melanoma"].concepts}
+    assert "irregular streaks" not in mel and mel["asymmetry in one axis"] == (1.0, 1)
+    with pytest.raises(KnowledgeError, match=r"ids not in PH2: \['Z'\]"):
+        ph2_bank(path, ids=["B", "Z"])
 
 
 def test_bad_value_names_line_and_column(tmp_path):

@@ -150,13 +150,24 @@ def frequency_bank(
                        description=description)
 
 
-def ph2_bank(labels_csv: str | os.PathLike, min_frequency: float = 0.25) -> ConceptBank:
+def ph2_bank(labels_csv: str | os.PathLike, min_frequency: float = 0.25,
+             ids: Iterable[str] | None = None) -> ConceptBank:
     """PH2 diagnosis (common nevus / atypical nevus / melanoma) -> criteria phrases present in at
-    least `min_frequency` (default a quarter) of its images."""
+    least `min_frequency` (default a quarter) of its images; with `ids`, of those images only (e.g.
+    a split's train pool, so that test images never shape the concept lists)."""
+    per_image, labels = ph2_concepts_per_image(labels_csv), ph2_diagnoses(labels_csv)
+    scope = "the class's images"
+    if ids is not None:
+        keep = set(ids)
+        unknown = sorted(keep - set(per_image))
+        if unknown:
+            raise KnowledgeError(f"{labels_csv}: ids not in PH2: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+        per_image = {k: v for k, v in per_image.items() if k in keep}
+        labels = {k: v for k, v in labels.items() if k in keep}
+        scope = f"the class's images among {len(keep)} given ids"
     return frequency_bank(
-        "ph2", ph2_concepts_per_image(labels_csv), ph2_diagnoses(labels_csv), PH2_DIAGNOSES, PH2_PROVENANCE,
-        "ph2", min_frequency, _phrase_order(),
-        f"PH2 dermoscopic criteria per diagnosis (present in >= {min_frequency:g} of the class's images)",
+        "ph2", per_image, labels, PH2_DIAGNOSES, PH2_PROVENANCE, "ph2", min_frequency, _phrase_order(),
+        f"PH2 dermoscopic criteria per diagnosis (present in >= {min_frequency:g} of {scope})",
     )
 
 
