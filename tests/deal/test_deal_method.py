@@ -67,8 +67,27 @@ def test_concept_resolution_errors(tiny_clip, tmp_path):
         make_deal(tiny_clip, {"heatmap": "lime"})
     with pytest.raises(ConfigError, match="single-label"):
         create_method("deal", tiny_clip, list(CONCEPTS), {"concepts": CONCEPTS}, multilabel=True)
-    with pytest.raises(ConfigError, match="context length"):  # 40 concepts do not fit 32 tokens
+    with pytest.raises(ConfigError, match="context length.*use fewer or shorter concepts \\(n_concepts=0\\)"):
         create_method("deal", tiny_clip, ["melanoma"], {"concepts": {"melanoma": ["dark dots"] * 20}, "n_concepts": 0})
+    with pytest.raises(ConfigError, match="n_ctx=0") as err:  # not a length error: no concept hint
+        create_method("deal", tiny_clip, ["melanoma"], {"concepts": {"melanoma": ["streaks"]}, "ctx_init": "",
+                                                        "n_ctx": 0})
+    assert "concepts" not in str(err.value)
+
+
+def test_a_category_prompt_filling_the_context_exactly_is_accepted(tiny_clip):
+    # tiny-clip: 32 tokens; "<sot> an image of melanoma with d0, ..., d6, dark blue dots . <eot>":
+    # 3 context + melanoma with (2) + 7 x "dN," (3 each) + dark blue dots (3) + "." + start/end = 32
+    concepts = [f"d{i}" for i in range(7)]
+    method = create_method("deal", tiny_clip, ["melanoma"],
+                           {"concepts": {"melanoma": concepts + ["dark blue dots"]}, "n_concepts": 0})
+    assert int(method.prompt.attention_mask[0].sum()) == tiny_clip.context_length == 32
+    assert method.prompt_texts()[0] == "An image of melanoma with d0, d1, d2, d3, d4, d5, d6, dark blue dots."
+    words = tiny_clip.tokenizer.convert_ids_to_tokens(method.prompt.input_ids[0, -4:].tolist())
+    assert words == ["blue", "dots", ".", "<eot>"]  # nothing cut
+    with pytest.raises(ConfigError, match="the prompt needs 33 tokens .*but only 32 are available.*n_concepts=0"):
+        create_method("deal", tiny_clip, ["melanoma"],
+                      {"concepts": {"melanoma": concepts + ["dark blue round dots"]}, "n_concepts": 0})
 
 
 @pytest.mark.shared_data

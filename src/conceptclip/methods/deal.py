@@ -190,12 +190,14 @@ class DEAL(Method):
         cons = [f"{self.classnames[ci]} with {p}" for ci, p in self.concept_lists.flat]
         self.concept_names = [f"{self.classnames[ci]}: {p}" for ci, p in self.concept_lists.flat]
         # one shared context for all C category and T concept prompts: "[V]_1..[V]_M [CAT] with ... ."
-        self.prompt = ContextPrompt.from_config(backbone, cats + cons, c)
-        lengths = self.prompt.attention_mask.sum(1)
-        if int(lengths.max()) >= backbone.context_length:  # the tokenizer cut the end: concepts would be lost
-            bad = int(lengths.argmax())
-            raise ConfigError(f"deal prompt {self.prompt_texts()[bad]!r} does not fit the backbone's context length "
-                              f"({backbone.context_length} tokens): use fewer or shorter concepts (n_concepts)")
+        # ContextPrompt refuses prompts longer than the context length; here the concept lists make them long
+        try:
+            self.prompt = ContextPrompt.from_config(backbone, cats + cons, c)
+        except ConfigError as err:
+            if "context length" not in str(err):
+                raise
+            raise ConfigError(f"deal prompts: {err}; a category prompt lists all its class's concepts: use fewer or "
+                              f"shorter concepts (n_concepts={c.n_concepts})") from err
         self.adapter: nn.Module = TokenAdapter(backbone.embed_dim) if c.image_adapter else nn.Identity()
 
     # -- prompts ---------------------------------------------------------------------------------
