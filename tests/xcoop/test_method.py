@@ -178,10 +178,19 @@ def test_local_alignment_without_patches_is_a_clear_error(make_xcoop, batch):
 
 
 def test_soft_prompt_longer_than_the_context_is_refused(tiny_clip):
-    MatchedContextPrompt(tiny_clip, ["melanoma"], [27])  # 27 + melanoma + "." + start/end = 31 tokens fit
-    for n in (28, 29, 30):  # 30: the class name itself would be cut off
-        with pytest.raises(ConfigError, match=f"melanoma' \\({n} context tokens \\+ class name\\) does not fit"):
+    # tiny-clip: 32 tokens; "<sot> X*28 melanoma . <eot>" = 28 + 4 fills the context exactly and is not cut
+    assert tiny_clip.context_length == 32
+    exact = MatchedContextPrompt(tiny_clip, ["melanoma", "atypical nevus"], [28, 27])  # atypical nevus: 2 tokens
+    assert exact.attention_mask.sum(1).tolist() == [32, 32] and exact.eot_index.tolist() == [31, 31]
+    words = [tiny_clip.tokenizer.convert_ids_to_tokens(row[-3:].tolist()) for row in exact.input_ids]
+    assert words == [["melanoma", ".", "<eot>"], ["nevus", ".", "<eot>"]]
+    assert exact.ctx_cols[:28].tolist() == list(range(1, 29)) and exact.ctx.shape[0] == 55
+    for n in (29, 30, 40):  # one token more cuts the "."; 30 the class name itself
+        with pytest.raises(ConfigError, match=f"melanoma' \\({n} context tokens \\+ class name\\) does not fit "
+                                              f"the backbone's context length: it needs {n + 4} tokens, 32 are"):
             MatchedContextPrompt(tiny_clip, ["melanoma"], [n])
+    with pytest.raises(ConfigError, match="'atypical nevus' \\(28 context tokens .* needs 33 tokens"):
+        MatchedContextPrompt(tiny_clip, ["melanoma", "atypical nevus"], [28, 28])
     with pytest.raises(ConfigError, match="fills the backbone's context length"):
         reference_prompts(tiny_clip, ["blue " * 40])
 

@@ -111,18 +111,25 @@ class MatchedContextPrompt(nn.Module):
             raise ConfigError(f"matched prompts: {len(lengths)} lengths for {len(names)} classes")
         if min(lengths) < 1:
             raise ConfigError(f"matched prompts: every class needs at least one context token, got lengths {lengths}")
+        # as `check_prompts_fit`, per class: M_c placeholder words (one token each) + the prompt without
+        # context must fit (a prompt filling the context exactly is not cut); tokenizers truncate silently
+        rest = backbone.tokenize([_soft_text("X", 0, c, suffix) for c in names]).attention_mask.sum(1)
+        limit = backbone.context_length
+        for c, n in enumerate(lengths):
+            if n + int(rest[c]) > limit:
+                raise ConfigError(f"soft prompt of class {names[c]!r} ({n} context tokens + class name) does not fit "
+                                  f"the backbone's context length: it needs {n + int(rest[c])} tokens, {limit} are "
+                                  "available; use a shorter reference prompt (fewer concepts)")
         texts_a = [_soft_text("X", n, c, suffix) for n, c in zip(lengths, names)]
         texts_b = [_soft_text("Y", n, c, suffix) for n, c in zip(lengths, names)]
         tok_a, tok_b = backbone.tokenize(texts_a), backbone.tokenize(texts_b)
         if tok_a.input_ids.shape != tok_b.input_ids.shape:
             raise ConfigError("placeholder words tokenised to different lengths; choose single-token placeholders")
         diff = tok_a.input_ids != tok_b.input_ids
-        full = tok_a.attention_mask.sum(1)
         for c, (n, row) in enumerate(zip(lengths, diff)):
-            if int(row.sum()) != n or int(full[c]) >= backbone.context_length:  # truncated (class name cut?)
-                raise ConfigError(f"soft prompt of class {names[c]!r} ({n} context tokens + class name) does not fit "
-                                  f"the backbone's context length ({backbone.context_length} tokens); use a shorter "
-                                  "reference prompt (fewer concepts)")
+            if int(row.sum()) != n:
+                raise ConfigError(f"soft prompt of class {names[c]!r} keeps {int(row.sum())} of its {n} context tokens; "
+                                  "choose single-token placeholders")
         rows, cols = diff.nonzero(as_tuple=True)  # row-major: class by class, positions in order
         self.prompts = texts_a
         self.lengths = lengths
