@@ -84,7 +84,8 @@ class LiteBackbone(Backbone):
     def __init__(self, heads: str | Path | None = None, embed_dim: int = 256, image_size: int = 224,
                  context_length: int = 77) -> None:
         super().__init__()
-        self.image_tower = _image_tower()
+        # channels-last: oneDNN's convolutions run ~1.8x faster on CPU in this layout (also the fast one on GPUs)
+        self.image_tower = _image_tower().to(memory_format=torch.channels_last)
         self.text_tower, self.tokenizer = _text_tower()
         self.text_width = self.text_tower.config.hidden_size
         self.embed_dim = embed_dim
@@ -146,8 +147,10 @@ class LiteBackbone(Backbone):
         return (x - mean) / std
 
     def tower_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Frozen image tower: pixels -> (B, 1280, h, w) conv feature map (through the hook point)."""
-        return self.feature_map(self.image_tower.extract_features(pixels))
+        """Frozen image tower: pixels -> (B, 1280, h, w) conv feature map (through the hook point), computed
+        channels-last and handed on in the standard contiguous layout."""
+        fmap = self.image_tower.extract_features(pixels.contiguous(memory_format=torch.channels_last))
+        return self.feature_map(fmap.contiguous())
 
     def encode_image(self, pixels: torch.Tensor, *, patches: bool = False) -> ImageFeatures:
         fmap = self.tower_features(pixels)
@@ -196,7 +199,8 @@ class LiteBackbone(Backbone):
 
     def weights_id(self) -> str:
         if not hasattr(self, "_tower_id"):
-            self._tower_id = state_hash(self.image_tower, f"lite-effnet-lite0|{self.image_size}|imagenet-norm|bicubic")
+            self._tower_id = state_hash(self.image_tower,
+                                        f"lite-effnet-lite0|{self.image_size}|imagenet-norm|bicubic|channels-last")
         return f"{self._tower_id}-{state_hash(self.image_head)}"
 
     def tower_id(self) -> str:
