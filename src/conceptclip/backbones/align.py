@@ -16,7 +16,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from conceptclip.backbones.lite import LiteBackbone
 from conceptclip.data.dataset import Dataset, Sample
@@ -24,6 +23,7 @@ from conceptclip.data.feature_cache import FeatureCache
 from conceptclip.data.images import random_resized_flip
 from conceptclip.errors import ConfigError
 from conceptclip.io import save_tensors, write_json
+from conceptclip.progress import progress
 
 
 @dataclass
@@ -96,7 +96,7 @@ def align(backbone: LiteBackbone, dataset: Dataset, ids: Sequence[str], out: str
     gen = torch.Generator().manual_seed(cfg.seed)
     n, views = len(samples), img.shape[0]
     history = []
-    for epoch in tqdm(range(cfg.epochs), desc="aligning lite heads", unit="epoch", leave=False):
+    for epoch in progress(range(cfg.epochs), desc="aligning lite heads", unit="epoch", leave=False):
         order = torch.randperm(n, generator=gen)
         view = torch.randint(views, (n,), generator=gen)
         total = 0.0

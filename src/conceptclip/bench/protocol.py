@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from tqdm.auto import tqdm
 
 from conceptclip.errors import ConfigError
 from conceptclip.io import write_json
+from conceptclip.progress import progress as progress_bar
 
 PROTOCOLS = ("fewshot", "base2novel")
 
@@ -166,7 +166,7 @@ def run_protocol(protocol: str, dataset_spec: str, methods: Sequence[str], shots
 
     jobs = [(k, s, m) for k in shots for s in seeds for m in methods]
     records: list[dict[str, Any]] = []
-    bar = tqdm(jobs, desc=f"{protocol} {dataset.name}", unit="run", disable=not progress)
+    bar = progress_bar(jobs, enabled=progress, desc=f"{protocol} {dataset.name}", unit="run")
     t0 = time.perf_counter()
     for k, s, m in bar:
         bar.set_postfix_str(f"{m} K={k} seed={s}")

@@ -15,13 +15,13 @@ from typing import Callable, Sequence
 
 import torch
 from filelock import FileLock
-from tqdm.auto import tqdm
 
 from conceptclip.data.dataset import Dataset, Sample
 from conceptclip.data.images import PixelDataset, view_augment
 from conceptclip.errors import CheckpointError, ConfigError
 from conceptclip.io import load_tensors, save_tensors
 from conceptclip.paths import cache_dir
+from conceptclip.progress import progress
 
 
 class FeatureCache:
@@ -67,7 +67,7 @@ class FeatureCache:
                                              batch_size=batch_size, num_workers=num_workers)
         chunks: dict[str, list[torch.Tensor]] = {}
         with torch.no_grad():
-            for pixels, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
+            for pixels, _ in progress(loader, desc=desc, unit="batch", leave=False):
                 for k, v in encode(pixels.to(device)).items():
                     chunks.setdefault(k, []).append(v.float().cpu())
         return {k: torch.cat(v) for k, v in chunks.items()}

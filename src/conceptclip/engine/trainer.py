@@ -20,13 +20,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from conceptclip.engine.checkpoint import load_checkpoint, save_checkpoint
 from conceptclip.engine.config import TrainConfig
 from conceptclip.engine.data import Part
 from conceptclip.engine.evaluate import classification_metrics, predict
 from conceptclip.errors import CheckpointError, ConfigError
+from conceptclip.progress import progress
 
 
 @dataclass
@@ -187,8 +187,8 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
         result.resumed_from = state["epoch"]
 
     batch_size = cfg.batch_size // fabric.world_size
-    bar = tqdm(range(start, cfg.epochs), desc=f"training {method.name}", unit="epoch", leave=False,
-               disable=not cfg.progress or not fabric.is_global_zero, initial=start, total=cfg.epochs)
+    bar = progress(range(start, cfg.epochs), enabled=cfg.progress and fabric.is_global_zero,
+                   desc=f"training {method.name}", unit="epoch", leave=False, initial=start, total=cfg.epochs)
     for epoch in bar:
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_at(epoch)
