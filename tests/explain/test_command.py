@@ -114,6 +114,93 @@ def test_cli_and_errors(run_dir, images, tmp_path):
         explain_images(tmp_path, images, tmp_path / "x")
 
 
+# -- the method's own explanation --------------------------------------------------------------
+
+
+DEAL_CONCEPTS = {"cat": ["small", "dark"], "dog": ["large"], "fish": ["round", "smooth", "bright"]}
+
+
+@pytest.fixture(scope="module")
+def deal_run(run_dir):
+    """A DEAL run on tiny-clip over the CoOp run's images (1 epoch, short concept lists)."""
+    from conceptclip.backbones import create_backbone
+    from conceptclip.data import fewshot_split, from_folder, holdout_split
+    from conceptclip.engine import run_experiment
+
+    ds = from_folder(run_dir.parent / "data")
+    split = fewshot_split(ds, holdout_split(ds), 2, 1)
+    run_experiment("deal", ds, split, create_backbone("tiny-clip"), run_dir.parent / "deal",
+                   method_config={"concepts": DEAL_CONCEPTS},
+                   train_config={"epochs": 1, "batch_size": 4, "progress": False})
+    return run_dir.parent / "deal"
+
+
+def test_deal_explanation_ranks_concepts_and_draws_their_maps(deal_run, images, tmp_path):
+    from conceptclip.engine.load import load_run
+    from conceptclip.explain.command import explain_images
+    from conceptclip.io import load_tensors
+
+    out = tmp_path / "deal"
+    doc = explain_images(deal_run, images, out, explainers=["gradcam"], targets="predicted")
+    assert json.loads((out / "scores.json").read_text()) == doc
+    method, _ = load_run(deal_run)
+    pixels = method.backbone.preprocess([Image.open(p).convert("RGB") for p in images])
+    with torch.no_grad():
+        batch = {"features": method.backbone.encode_image(pixels).global_}
+        averaged = method.concept_averaged_logits(batch)
+        pred = method.logits(batch).argmax(1)
+    raw = load_tensors(out / "maps.safetensors")
+    reference = method.heat_maps(pixels, pred)
+    for i, rec in enumerate(doc["images"]):
+        own = rec["method_explanation"]
+        c = int(pred[i])
+        assert own["predicted"] == c and rec["prediction"] == doc["classnames"][c]
+        names = DEAL_CONCEPTS[doc["classnames"][c]]
+        ranked = own["concepts"]
+        # every concept of the predicted class, best contribution first, summing to its averaged logit
+        assert sorted(n for n, _ in ranked) == sorted(names)
+        values = [v for _, v in ranked]
+        assert values == sorted(values, reverse=True)
+        assert sum(values) == pytest.approx(float(averaged[i, c]), abs=1e-4)
+        assert own["rationale"].startswith(f"{doc['classnames'][c]}, with {ranked[0][0]}")
+        assert own["concept_mask"] == [k < len(names) for k in range(3)]
+        assert "concept_maps" not in own and "category_map" not in own
+        assert torch.allclose(raw[f"{rec['key']}/concept_maps"], reference.concepts[i], atol=1e-5)
+        assert torch.allclose(raw[f"{rec['key']}/category_map"], reference.category[i], atol=1e-5)
+        png = Image.open(out / rec["overlays"]["method_concepts"])
+        assert rec["overlays"]["method_concepts"] == f"{rec['key']}_method_concepts.png"
+        # the image and one overlay per concept of the predicted class, 2 x 2.75 inches each at 100 dpi
+        assert png.size == ((1 + len(names)) * 200, 275)
+
+
+def test_no_method_explanation_without_explain_or_when_asked(run_dir, deal_run, images, tmp_path):
+    from typer.testing import CliRunner
+
+    from conceptclip.explain.cli import explain_app
+    from conceptclip.explain.command import explain_images
+
+    doc = explain_images(run_dir, images[:1], tmp_path / "coop", explainers=["gradcam"])  # CoOp: no `explain`
+    assert "method_explanation" not in doc["images"][0]
+    assert list(doc["images"][0]["overlays"]) == ["gradcam"]
+    res = CliRunner().invoke(explain_app, [str(deal_run), str(images[0]), "-o", str(tmp_path / "off"), "-e", "gradcam",
+                                           "--predicted-only", "--no-method-explanation"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads((tmp_path / "off" / "scores.json").read_text())["images"][0]
+    assert "method_explanation" not in rec and not list((tmp_path / "off").glob("*_method_concepts.png"))
+
+
+def test_split_method_explanation_keeps_names_and_moves_maps():
+    from conceptclip.explain.command import split_method_explanation
+
+    doc = {"predicted": torch.tensor([2, 0]), "rationale": ["a", "b"], "concepts": [[("x", 0.5)], [("y", 0.25)]],
+           "concept_maps": torch.ones(2, 3, 4, 4), "rationale_map": torch.zeros(2, 4, 4),
+           "nearest": {"cat": ["x"]}, "scale": torch.tensor(1.5)}
+    (r0, m0), (r1, m1) = split_method_explanation(doc, 2)
+    assert r0 == {"predicted": 2, "rationale": "a", "concepts": [["x", 0.5]], "nearest": {"cat": ["x"]}, "scale": 1.5}
+    assert r1["predicted"] == 0 and r1["concepts"] == [["y", 0.25]]
+    assert set(m0) == {"concept_maps", "rationale_map"} and m1["concept_maps"].shape == (3, 4, 4)
+
+
 # -- overlay drawing -------------------------------------------------------------------------
 
 

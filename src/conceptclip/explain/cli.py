@@ -24,6 +24,9 @@ def explain(
     concept: Optional[List[str]] = typer.Option(None, "--concept", "-c", help="a concept prompt to score (repeatable)"),
     reference: Optional[str] = typer.Option(None, help="reference prompt for MONET-style concept scores"),
     alpha: float = typer.Option(0.5, help="overlay opacity"),
+    method_explanation: bool = typer.Option(True, "--method-explanation/--no-method-explanation",
+                                            help="add the method's own explanation (ranked concepts, rationale, "
+                                                 "concept heat maps) where it has one"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda"),
 ) -> None:
     """Explain RUN's predictions on IMAGES."""
@@ -31,6 +34,7 @@ def explain(
 
     doc = explain_images(run, images, out, explainers=explainer or None,
                          targets="predicted" if predicted_only else "all", concepts=concept or (),
-                         reference=reference, alpha=alpha, device=device)
+                         reference=reference, alpha=alpha, device=device,
+                         method_explanation=method_explanation)
     typer.echo(json.dumps({"out": str(out), "images": len(doc["images"]), "explainers": doc["explainers"],
                            "predictions": {r["image"]: r["prediction"] for r in doc["images"]}}))

@@ -8,6 +8,12 @@ relevance on ViTs) and, given concept prompts, concept scores and concept simila
       NNN_<image>_<explainer>.png   the image and one overlay per target (class or concept)
       maps.safetensors              the raw maps, key "NNN/<explainer>" -> (T, h, w)
       scores.json                   per image: prediction, probabilities, target scores, concept scores
+      NNN_<image>_method_concepts.png   the image and the method's own concept heat maps (e.g. DEAL)
+
+When the run's method has its own `explain(batch)` (DEAL, XCoOp, ECoR), its output joins each
+image's record under "method_explanation" (JSON-safe; its heat maps, outputs named "*map"/"*maps",
+go to maps.safetensors as "NNN/<name>"); concept maps become the `_method_concepts.png` panel,
+titled with each concept and its contribution, best first.
 """
 
 from __future__ import annotations
@@ -39,6 +45,79 @@ def available_explainers(method: Any) -> list[str]:
     return out
 
 
+def json_safe(value: Any) -> Any:
+    """Tensors and arrays -> (nested) lists or numbers, tuples -> lists, dict keys -> str."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    return str(value)
+
+
+def _is_map(name: str) -> bool:
+    return name.endswith("map") or name.endswith("maps")
+
+
+def split_method_explanation(doc: dict[str, Any], n: int) -> list[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+    """A method's `explain` output for a batch of `n` images -> per image (its JSON-safe record,
+    its heat maps). Tensors with a leading batch dimension and lists of length n are split per
+    image; tensors named "*map"/"*maps" are heat maps and leave the record; anything else (e.g.
+    XCoOp's nearest concepts per class) is kept whole in every record."""
+    out: list[tuple[dict[str, Any], dict[str, torch.Tensor]]] = [({}, {}) for _ in range(n)]
+    for name, value in doc.items():
+        batched_tensor = isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n
+        for i, (record, maps) in enumerate(out):
+            if batched_tensor and _is_map(name):
+                maps[name] = value[i].detach().float().cpu().contiguous()
+            elif batched_tensor:
+                record[name] = json_safe(value[i])
+            elif isinstance(value, (list, tuple)) and len(value) == n:
+                record[name] = json_safe(value[i])
+            elif not (isinstance(value, torch.Tensor) and _is_map(name)):
+                record[name] = json_safe(value)
+    return out
+
+
+def _method_explanations(method: Any, pixels: torch.Tensor, feats: Any, n: int,
+                         ) -> list[tuple[dict[str, Any], dict[str, torch.Tensor]]] | None:
+    """The method's own `explain` on this batch (features, patch tokens, pixels), split per image;
+    None when the method has no `explain` or it returned nothing."""
+    explain = getattr(method, "explain", None)
+    if not callable(explain):
+        return None
+    batch = {"features": feats.global_, "pixels": pixels}
+    if feats.patches is not None:
+        batch["patches"] = feats.patches
+    with torch.no_grad():
+        doc = explain(batch)
+    return split_method_explanation(doc, n) if isinstance(doc, dict) and doc else None
+
+
+def _concept_panel_titles(method: Any, record: dict[str, Any], maps: torch.Tensor,
+                          ) -> tuple[list[int], list[str]] | None:
+    """Which concept maps to draw, best first, and their titles "phrase" / "contribution +0.123":
+    the maps follow the explained class's concept list (`method.concepts_of`), masked by
+    "concept_mask", and "concepts" ranks (phrase, contribution). None when they do not line up."""
+    concepts_of = getattr(method, "concepts_of", None)
+    predicted, ranked = record.get("predicted"), record.get("concepts")
+    if not (callable(concepts_of) and isinstance(predicted, int) and isinstance(ranked, list)):
+        return None
+    names = list(concepts_of(predicted))
+    mask = record.get("concept_mask") or [True] * maps.shape[0]
+    valid = [k for k in range(min(len(names), maps.shape[0])) if mask[k]]
+    index = {names[k]: k for k in valid}
+    order = [(index[n], float(v)) for n, v in ranked if n in index]
+    if len(order) != len(valid):
+        return None
+    return [k for k, _ in order], [f"{names[k]}\ncontribution {v:+.3f}" for k, v in order]
+
+
 def _safe_stem(path: Path) -> str:
     stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem)
     return stem[:60] or "image"
@@ -47,7 +126,8 @@ def _safe_stem(path: Path) -> str:
 def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_dir: str | Path, *,
                    explainers: Sequence[str] | None = None, targets: Literal["all", "predicted"] = "all",
                    concepts: Sequence[str] = (), reference: str | None = None, alpha: float = 0.5,
-                   batch_size: int = 16, device: str | None = None) -> dict[str, Any]:
+                   batch_size: int = 16, device: str | None = None,
+                   method_explanation: bool = True) -> dict[str, Any]:
     """Explain the run in `run_dir` on `image_paths`; write overlays, raw maps and scores.json to
     `out_dir`; return the scores document.
 
@@ -55,13 +135,16 @@ def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_d
     targets: "all" classes (one overlay per class) or each image's "predicted" class.
     concepts: concept prompts (e.g. "a dermoscopy image with blue-whitish veil"): their scores
         (cosine, or MONET-style against the `reference` prompt) and similarity maps.
+    method_explanation: add the method's own `explain` output (see the module docstring).
     """
     from conceptclip.data.images import load_image
     from conceptclip.engine.load import load_run
     from conceptclip.explain.maps import center_crop_geometry
     from conceptclip.io import save_tensors, write_json
     from conceptclip.prompts import encode_prompts
+    from conceptclip.io import atomic_write
     from conceptclip.report.overlay import overlay_panel, save_png
+    from conceptclip.report.plots import concept_maps_png
 
     paths = [Path(p) for p in image_paths]
     if not paths:
@@ -111,6 +194,10 @@ def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_d
             with torch.no_grad():
                 sim = similarity_maps(out_model.features, method_text_features(method).to(pixels)).cpu()
             maps["similarity"] = sim if targets == "all" else sim[torch.arange(len(chunk)), pred][:, None]
+        own = None
+        if method_explanation:
+            feats = out_model.features if out_model.features is not None else backbone.encode_image(pixels, patches=True)
+            own = _method_explanations(method, pixels, feats, len(chunk))
         c_scores = None
         if concept_feats is not None:
             with torch.no_grad():
@@ -143,6 +230,21 @@ def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_d
                 record["target_scores"][name] = {c: float(v) for c, v in zip(names, s[j])}
             if c_scores is not None:
                 record["concept_scores"] = {c: float(v) for c, v in zip(concepts, c_scores[j])}
+            if own is not None:
+                own_record, own_maps = own[j]
+                record["method_explanation"] = own_record
+                for name, m in own_maps.items():
+                    raw[f"{key}/{name}"] = m
+                cmaps = own_maps.get("concept_maps")
+                drawn = _concept_panel_titles(method, own_record, cmaps) if cmaps is not None and cmaps.dim() == 3 else None
+                if drawn:
+                    order, titles = drawn
+                    c = own_record["predicted"]
+                    header = f"{classnames[c]} (p={float(p[c]):.2f})" if c < len(classnames) else "image"
+                    png = concept_maps_png(shown, cmaps[order], titles, header=header, alpha=alpha)
+                    file = f"{key}_method_concepts.png"
+                    atomic_write(out / file, lambda f, data=png: f.write_bytes(data))
+                    record["overlays"]["method_concepts"] = file
             records.append(record)
     save_tensors(out / "maps.safetensors", raw)
     doc = {"run": str(run_dir), "method": method.name, "backbone": cfg.get("backbone"), "classnames": classnames,

@@ -1,14 +1,19 @@
 """Report figures as PNG bytes (matplotlib, Agg backend, nothing shown or written to disk):
-confusion matrix, reliability diagram, training curves, t-SNE of prompt vs concept tokens."""
+confusion matrix, reliability diagram, training curves, t-SNE of prompt vs concept tokens, and a
+method's concept heat maps over an image."""
 
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from conceptclip.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 
 def _pyplot():
@@ -20,11 +25,12 @@ def _pyplot():
     return plt
 
 
-def figure_png(fig: Any, dpi: int = 110) -> bytes:
-    """Encode a matplotlib figure as PNG bytes and close it."""
+def figure_png(fig: Any, dpi: int = 110, tight: bool = True) -> bytes:
+    """Encode a matplotlib figure as PNG bytes and close it; `tight=False` keeps the figure's own
+    size (figsize x dpi pixels) instead of cropping to what is drawn."""
     plt = _pyplot()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return buf.getvalue()
 
@@ -140,3 +146,33 @@ def bench_plot_png(protocol: str, summary: list[dict[str, Any]], title: str = ""
         path = Path(tmp) / f"{protocol}.png"
         (fewshot_plot if protocol == "fewshot" else base2novel_plot)(summary, path, title=title)
         return path.read_bytes()
+
+
+def concept_maps_png(image: Image.Image, maps: torch.Tensor | np.ndarray, titles: Sequence[str], header: str = "image", alpha: float = 0.5,
+                     cmap: str = "jet", tile: float = 2.0, title_height: float = 0.75, dpi: int = 100) -> bytes:
+    """The image followed by one heat-map overlay per concept (maps (T, h, w), coloured and blended
+    by `overlay.overlay`), in one row, each titled (wrapped to its tile). A fixed size, so callers
+    know it: (1 + T) * tile by tile + title_height inches at `dpi`."""
+    import textwrap
+
+    import torch
+
+    from conceptclip.report.overlay import overlay
+
+    maps = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
+    if maps.dim() != 3 or maps.shape[0] == 0:
+        raise ConfigError(f"concept_maps_png: expected maps (T, h, w) with T >= 1, got {tuple(maps.shape)}")
+    if len(titles) != maps.shape[0]:
+        raise ConfigError(f"concept_maps_png: {len(titles)} titles for {maps.shape[0]} maps")
+    base = image.convert("RGB")
+    tiles = [(base, header)] + [(overlay(base, m, alpha, cmap), t) for m, t in zip(maps, titles)]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(tiles), figsize=(len(tiles) * tile, tile + title_height), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=tile / (tile + title_height), wspace=0.06)
+    width = max(8, int(tile * 13))  # characters per title line at 8 pt
+    for ax, (img, title) in zip(axes[0], tiles):
+        ax.imshow(np.asarray(img))
+        ax.set_axis_off()
+        lines = [ln for part in str(title).split("\n") for ln in (textwrap.wrap(part, width) or [""])]
+        ax.set_title("\n".join(lines[:4]), fontsize=8)
+    return figure_png(fig, dpi=dpi, tight=False)
