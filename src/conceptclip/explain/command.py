@@ -84,10 +84,9 @@ def split_method_explanation(doc: dict[str, Any], n: int) -> list[tuple[dict[str
     return out
 
 
-def _method_explanations(method: Any, pixels: torch.Tensor, feats: Any, n: int,
-                         ) -> list[tuple[dict[str, Any], dict[str, torch.Tensor]]] | None:
-    """The method's own `explain` on this batch (features, patch tokens, pixels), split per image;
-    None when the method has no `explain` or it returned nothing."""
+def method_explain(method: Any, pixels: torch.Tensor, feats: Any) -> Any:
+    """The method's own `explain(batch)` on a batch of images (global features, patch tokens where
+    the backbone gives them, pixels), or None when the method has no `explain`."""
     explain = getattr(method, "explain", None)
     if not callable(explain):
         return None
@@ -95,8 +94,7 @@ def _method_explanations(method: Any, pixels: torch.Tensor, feats: Any, n: int,
     if feats.patches is not None:
         batch["patches"] = feats.patches
     with torch.no_grad():
-        doc = explain(batch)
-    return split_method_explanation(doc, n) if isinstance(doc, dict) and doc else None
+        return explain(batch)
 
 
 def _concept_panel_titles(method: Any, record: dict[str, Any], maps: torch.Tensor,
@@ -197,7 +195,8 @@ def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_d
         own = None
         if method_explanation:
             feats = out_model.features if out_model.features is not None else backbone.encode_image(pixels, patches=True)
-            own = _method_explanations(method, pixels, feats, len(chunk))
+            doc_own = method_explain(method, pixels, feats)
+            own = split_method_explanation(doc_own, len(chunk)) if isinstance(doc_own, dict) and doc_own else None
         c_scores = None
         if concept_feats is not None:
             with torch.no_grad():
