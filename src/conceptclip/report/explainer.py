@@ -211,14 +211,9 @@ class RunExplainer:
         return scores.float().cpu(), "cosine", list(self.concepts.names)
 
     def _method_rationale(self, pixels, feats, n: int) -> list[str] | None:
-        explain = getattr(self.method, "explain", None)
-        if not callable(explain):
-            return None
-        batch = {"features": feats.global_, "pixels": pixels}
-        if feats.patches is not None:
-            batch["patches"] = feats.patches
-        with torch.no_grad():
-            doc = explain(batch)
+        from conceptclip.explain.command import method_explain
+
+        doc = method_explain(self.method, pixels, feats)
         rationale = doc.get("rationale") if isinstance(doc, dict) else None
         if isinstance(rationale, str):
             rationale = [rationale] * n
