@@ -6,7 +6,8 @@
    and tested after their final epoch (the CoOp-family protocol; a 12-image validation set selects
    nothing reliably).
    Concepts: the PH2 criteria per diagnosis (`knowledge.ph2_bank`, present in >= 25 % of a class's
-   images; the first six): "An image of melanoma with atypical pigment network, dark-brown colour, ...".
+   images among the 140 non-test images; the first six): "An image of melanoma with atypical pigment
+   network, asymmetry, ...".
 3. On the test pool, per image, the concept maps of its true class (Grad-CAM on the pixels, the lite
    tower's 7 x 7 grid). CoOp learns no concepts and keeps the image side frozen: its concept maps
    are those of the written concept prompts on the frozen backbone (DEAL before training).
@@ -154,7 +155,9 @@ def main() -> None:
     test_ids = list(pools.parts["test"])
     ins_ids = {i for c in range(len(dataset.classnames))
                for i in [t for t in test_ids if dataset.by_id(t).label == c][: args.ins_per_class]}
-    zero_shot = create_method("deal", backbone, dataset.classnames, dataset=dataset).eval()  # written prompts
+    known = [s.id for s in dataset.samples if s.id not in set(test_ids)]  # what run_experiment gives methods
+    zero_shot = create_method("deal", backbone, dataset.classnames, dataset=dataset,
+                              knowledge_ids=known).eval()  # the written prompts
     methods = [("coop", {}), ("deal", {})] + ([("deal_ablation", {"lambda_disen": 0.0, "lambda_local": 0.0})]
                                              if args.ablation else [])
     rows: dict[str, list[dict]] = {}

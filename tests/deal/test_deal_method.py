@@ -98,6 +98,40 @@ def test_ph2_uses_the_ph2_criteria_bank(tiny_clip, ph2):
     assert "blue-whitish veil" in lists.concepts[2]
 
 
+def test_ph2_concepts_can_exclude_the_test_images(ph2):
+    # run_experiment passes every non-test id as knowledge_ids; DEAL hands them to the bank
+    from conceptclip.data import holdout_split
+    from conceptclip.data.ph2 import ph2_dir
+    from conceptclip.knowledge.skin import ph2_bank
+
+    pools = holdout_split(ph2)
+    known = pools.parts["train"] + pools.parts["val"]
+    lists = resolve_concepts(ph2.classnames, bank="ph2", top_k=6, bank_ids=known)
+    subset = ph2_bank(ph2_dir() / "labels.csv", ids=known)
+    assert lists.concepts == [subset.phrases(c)[:6] for c in ph2.classnames]
+    everything = resolve_concepts(ph2.classnames, bank="ph2", top_k=6)
+    assert lists.concepts != everything.concepts  # the 60 test images did change the melanoma list
+
+
+def test_run_experiment_gives_methods_only_non_test_ids_for_knowledge(image_folder, tiny_clip, tmp_path, monkeypatch):
+    import conceptclip.engine.run as run_module
+    from conceptclip.data import FeatureCache, from_folder, holdout_split
+
+    seen = {}
+    real = run_module.create_method
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "create_method", recording)
+    ds = from_folder(image_folder)
+    split = holdout_split(ds)
+    run_module.run_experiment("coop", ds, split, tiny_clip, tmp_path / "run", cache=FeatureCache(tmp_path / "c"),
+                              method_config={"n_ctx": 2}, train_config={"epochs": 1, "progress": False})
+    assert sorted(seen["knowledge_ids"]) == sorted(split.parts["train"] + split.parts["val"])
+
+
 def test_contributions_sum_to_the_concept_averaged_logits(tiny_clip):
     method = make_deal(tiny_clip)
     batch = token_batch(tiny_clip.embed_dim)

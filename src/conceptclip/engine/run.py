@@ -61,8 +61,12 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
     if split.classes.get("base"):
         classnames = split.classes["base"]
     seed_everything(int((train_config or {}).get("seed", TrainConfig.seed)))  # parameter init is seeded too
+    # knowledge counted from the dataset's own annotations (e.g. PH2 criteria per diagnosis) may read
+    # every image except the tested ones
+    tested = {i for name, ids in split.parts.items() if name.startswith("test") for i in ids}
+    method_kwargs = {"knowledge_ids": [s.id for s in dataset.samples if s.id not in tested], **(method_kwargs or {})}
     method = create_method(method_name, backbone, classnames, method_config, template=dataset.template,
-                           multilabel=dataset.multilabel, dataset=dataset, **(method_kwargs or {}))
+                           multilabel=dataset.multilabel, dataset=dataset, **method_kwargs)
     cfg = TrainConfig.from_dict({**method.train_defaults, **(train_config or {})})
     backbone_spec = backbone.name
     heads = getattr(backbone, "heads_path", None)

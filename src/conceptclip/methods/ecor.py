@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -218,15 +217,12 @@ ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
 
 def load_bank_spec(spec: str):
     """A `ConceptBank` from a bank JSON file or a shared-bank name."""
-    from conceptclip.knowledge.loaders import load_shared_bank
-    from conceptclip.knowledge.schema import load_bank
+    from conceptclip.prompts.ensembles import load_bank_any
 
     if not spec:
         raise ConfigError("bank: a rationale method needs a rationale bank, e.g. bank='ph2' (PH2 dermoscopic "
                           "criteria), bank='dror/cifar10' (DROR rationales) or a bank JSON file")
-    if spec.endswith(".json") or Path(spec).is_file():
-        return load_bank(spec)
-    return load_shared_bank(spec)
+    return load_bank_any(spec)
 
 
 def _template(name: str, text: str, slots: set[str]) -> PromptTemplate:

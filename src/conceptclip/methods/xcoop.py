@@ -103,11 +103,6 @@ def global_logits(features: torch.Tensor, text: torch.Tensor, scale: torch.Tenso
 
 # -- knowledge ---------------------------------------------------------------------------
 def _load_bank(spec: str):
-    if spec == "ph2":
-        from conceptclip.data.ph2 import ph2_dir
-        from conceptclip.knowledge.skin import ph2_bank
-
-        return ph2_bank(ph2_dir() / "labels.csv")
     from conceptclip.prompts.ensembles import load_bank_any
 
     return load_bank_any(spec)

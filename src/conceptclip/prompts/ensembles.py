@@ -41,8 +41,12 @@ def _key(name: str) -> str:
     return " ".join(name.replace("_", " ").lower().split())
 
 
-def load_bank_any(spec: str):
-    """A `ConceptBank` from a shared-bank name ("biomedcoop/BUSI") or a bank JSON file."""
+def load_bank_any(spec: str, ids: Sequence[str] | None = None):
+    """A `ConceptBank` from a shared-bank name ("biomedcoop/BUSI") or a bank JSON file.
+
+    `ids`: for banks counted from a dataset's own per-image annotations ("ph2"), count only these
+    images (e.g. every image that is not tested), so test images never shape the concept lists;
+    other banks do not depend on the dataset's images and ignore it."""
     from pathlib import Path
 
     from conceptclip.knowledge.loaders import load_shared_bank
@@ -50,6 +54,11 @@ def load_bank_any(spec: str):
 
     if spec.endswith(".json") or Path(spec).is_file():
         return load_bank(spec)
+    if spec == "ph2" and ids is not None:
+        from conceptclip.data.ph2 import ph2_dir
+        from conceptclip.knowledge.skin import ph2_bank
+
+        return ph2_bank(ph2_dir() / "labels.csv", ids=ids)
     return load_shared_bank(spec)
 
 
