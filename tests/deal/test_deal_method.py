@@ -130,6 +130,13 @@ def test_run_experiment_gives_methods_only_non_test_ids_for_knowledge(image_fold
     run_module.run_experiment("coop", ds, split, tiny_clip, tmp_path / "run", cache=FeatureCache(tmp_path / "c"),
                               method_config={"n_ctx": 2}, train_config={"epochs": 1, "progress": False})
     assert sorted(seen["knowledge_ids"]) == sorted(split.parts["train"] + split.parts["val"])
+    import json
+
+    from conceptclip.engine.load import load_run
+
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["knowledge_ids"]
+    assert recorded == seen["knowledge_ids"]  # so a reloaded run builds the same concept lists
+    assert load_run(tmp_path / "run")[0].context["knowledge_ids"] == recorded
 
 
 def test_contributions_sum_to_the_concept_averaged_logits(tiny_clip):

@@ -48,7 +48,7 @@ def load_run(run: str | Path, device: str | None = None,
         if backbones is not None:
             backbones[key] = backbone
     method = create_method(name, backbone, classnames, mconf, template=cfg.get("template", "a photo of a {}."),
-                           multilabel=cfg.get("multilabel", False))
+                           multilabel=cfg.get("multilabel", False), knowledge_ids=cfg.get("knowledge_ids"))
     weights = run / "model.safetensors"
     try:
         method.load_learned_state(load_method_weights(weights))

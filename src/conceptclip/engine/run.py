@@ -77,7 +77,7 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
               "classnames": list(classnames), "template": dataset.template, "multilabel": dataset.multilabel,
               "backbone_weights": backbone.weights_id(), "dataset": dataset.name,
               "dataset_fingerprint": dataset.fingerprint(), "split_sha256": split.sha256(), "split_kind": split.kind,
-              "split_params": split.params}
+              "split_params": split.params, "knowledge_ids": method_kwargs["knowledge_ids"]}
     write_json(out / "config.json", config)
 
     parts = build_parts(dataset, split.parts, method.inputs, backbone, cache, num_workers=cfg.num_workers,

@@ -102,12 +102,6 @@ def global_logits(features: torch.Tensor, text: torch.Tensor, scale: torch.Tenso
 
 
 # -- knowledge ---------------------------------------------------------------------------
-def _load_bank(spec: str):
-    from conceptclip.prompts.ensembles import load_bank_any
-
-    return load_bank_any(spec)
-
-
 @dataclass
 class Knowledge:
     """Per class: its clinical concepts (with bank frequencies where known) and the reference
@@ -119,8 +113,10 @@ class Knowledge:
     source: str
 
 
-def resolve_knowledge(config: XCoOpConfig, classnames: Sequence[str]) -> Knowledge:
-    """The clinical concepts and prompts of every class, from `concept_prompts` or the bank."""
+def resolve_knowledge(config: XCoOpConfig, classnames: Sequence[str],
+                      bank_ids: Sequence[str] | None = None) -> Knowledge:
+    """The clinical concepts and prompts of every class, from `concept_prompts` or the bank (a bank
+    counted from the dataset's annotations reads only `bank_ids`, see `load_bank_any`)."""
     from conceptclip.knowledge.prompts import display_name, select_concepts
     from conceptclip.knowledge.templates import XCOOP
 
@@ -130,7 +126,9 @@ def resolve_knowledge(config: XCoOpConfig, classnames: Sequence[str]) -> Knowled
             raise ConfigError(f"xcoop concept_prompts: no prompt for classes {missing}")
         return Knowledge({c: [] for c in classnames}, {c: {} for c in classnames},
                          {c: config.concept_prompts[c] for c in classnames}, "given prompts")
-    bank = _load_bank(config.bank)
+    from conceptclip.prompts.ensembles import load_bank_any
+
+    bank = load_bank_any(config.bank, ids=bank_ids)
     concepts, freq, prompts = {}, {}, {}
     for c in classnames:
         key = config.class_map.get(c, c)
@@ -185,7 +183,7 @@ class XCoOp(Method):
                 raise ConfigError(f"xcoop {name}={getattr(c, name)}: expected a non-negative weight")
         if c.top_k < 0:
             raise ConfigError(f"xcoop top_k={c.top_k}: expected 0 (all concepts) or a positive number")
-        self.knowledge = resolve_knowledge(c, self.classnames)
+        self.knowledge = resolve_knowledge(c, self.classnames, self.context.get("knowledge_ids"))
         # every clinical concept of every class, in first-appearance order (names of `concept_scores`)
         self.concept_names = list(dict.fromkeys(p for n in self.classnames for p in self.knowledge.concepts[n]))
         texts = self.knowledge.clinical_prompts
