@@ -12,6 +12,10 @@ class ConfigError(ConceptClipError, ValueError):
     """A bad option or config value (names the field and what was expected)."""
 
 
+class PromptLengthError(ConfigError):
+    """A prompt longer than the backbone's text context length (the tokenizer would cut it)."""
+
+
 class DataError(ConceptClipError, ValueError):
     """A bad dataset, manifest, image or split file (names the file/row)."""
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conceptclip.errors import ConfigError
+from conceptclip.errors import ConfigError, PromptLengthError
 from conceptclip.methods import create_method
 from conceptclip.methods.cocoop import CoCoOpConfig
 from conceptclip.methods.coop import CoOpConfig
@@ -53,7 +53,7 @@ def test_the_largest_fitting_n_ctx_keeps_class_name_and_suffix(tiny_clip):
 def test_a_prompt_cut_by_the_context_length_is_refused(tiny_clip, n_ctx):
     msg = (f"class 'melanoma': the prompt needs {n_ctx + 4} tokens \\({n_ctx} context \\+ 4 for the class name, "
            "'.' and start/end tokens\\) but only 32 are available .* use n_ctx <= 28")
-    with pytest.raises(ConfigError, match=msg):
+    with pytest.raises(PromptLengthError, match=msg):
         ContextPrompt(tiny_clip, ["melanoma", "nevus"], n_ctx=n_ctx)
 
 

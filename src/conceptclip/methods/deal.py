@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conceptclip.errors import ConfigError
+from conceptclip.errors import ConfigError, PromptLengthError
 from conceptclip.explain.cam import GradCAM, vit_reshape
 from conceptclip.explain.method import gradcam_for, relevance_for
 from conceptclip.explain.similarity import similarity_maps
@@ -194,11 +194,9 @@ class DEAL(Method):
         # ContextPrompt refuses prompts longer than the context length; here the concept lists make them long
         try:
             self.prompt = ContextPrompt.from_config(backbone, cats + cons, c)
-        except ConfigError as err:
-            if "context length" not in str(err):
-                raise
-            raise ConfigError(f"deal prompts: {err}; a category prompt lists all its class's concepts: use fewer or "
-                              f"shorter concepts (n_concepts={c.n_concepts})") from err
+        except PromptLengthError as err:
+            raise PromptLengthError(f"deal prompts: {err}; a category prompt lists all its class's concepts: use "
+                                    f"fewer or shorter concepts (n_concepts={c.n_concepts})") from err
         self.adapter: nn.Module = TokenAdapter(backbone.embed_dim) if c.image_adapter else nn.Identity()
 
     # -- prompts ---------------------------------------------------------------------------------

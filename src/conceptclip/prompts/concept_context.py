@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from conceptclip.backbones.base import Backbone, TokenBatch
-from conceptclip.errors import ConfigError
+from conceptclip.errors import ConfigError, PromptLengthError
 
 
 def special_token_ids(backbone: Backbone) -> set[int]:
@@ -79,7 +79,7 @@ def reference_prompts(backbone: Backbone, texts: Sequence[str]) -> ReferenceProm
     full = tokens.attention_mask.sum(1)
     for text, n in zip(texts, full):
         if int(n) >= backbone.context_length:  # truncated, or no room left for the class name of the soft prompt
-            raise ConfigError(f"reference prompt {text[:60]!r}... fills the backbone's context length "
+            raise PromptLengthError(f"reference prompt {text[:60]!r}... fills the backbone's context length "
                               f"({backbone.context_length} tokens); use fewer concepts (top_k)")
     special = special_token_ids(backbone)
     is_special = torch.zeros_like(tokens.input_ids, dtype=torch.bool)
@@ -117,9 +117,10 @@ class MatchedContextPrompt(nn.Module):
         limit = backbone.context_length
         for c, n in enumerate(lengths):
             if n + int(rest[c]) > limit:
-                raise ConfigError(f"soft prompt of class {names[c]!r} ({n} context tokens + class name) does not fit "
-                                  f"the backbone's context length: it needs {n + int(rest[c])} tokens, {limit} are "
-                                  "available; use a shorter reference prompt (fewer concepts)")
+                raise PromptLengthError(
+                    f"soft prompt of class {names[c]!r} ({n} context tokens + class name) does not fit the backbone's "
+                    f"context length: it needs {n + int(rest[c])} tokens, {limit} are available; use a shorter "
+                    "reference prompt (fewer concepts)")
         texts_a = [_soft_text("X", n, c, suffix) for n, c in zip(lengths, names)]
         texts_b = [_soft_text("Y", n, c, suffix) for n, c in zip(lengths, names)]
         tok_a, tok_b = backbone.tokenize(texts_a), backbone.tokenize(texts_b)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conceptclip.backbones.base import Backbone, TokenBatch
-from conceptclip.errors import ConfigError
+from conceptclip.errors import ConfigError, PromptLengthError
 
 POSITIONS = ("end", "middle", "front")
 # method-config field -> ContextPrompt argument, for `ContextPrompt.from_config`
@@ -59,7 +59,7 @@ def check_prompts_fit(backbone: Backbone, names: Sequence[str], n_ctx: int, posi
         hint = f"use a ctx_init of at most {fit} tokens"
     else:
         hint = f"use n_ctx <= {fit}"
-    raise ConfigError(f"class {names[bad]!r}: the prompt needs {at_least}{int(needed[bad])} tokens ({n_ctx} "
+    raise PromptLengthError(f"class {names[bad]!r}: the prompt needs {at_least}{int(needed[bad])} tokens ({n_ctx} "
                       f"context + {int(rest[bad])} for the class name, {suffix!r} and start/end tokens) but only "
                       f"{limit} are available (the backbone's context length); the tokenizer would cut the "
                       f"prompt and could drop the class name: {hint}")
@@ -74,8 +74,9 @@ def placeholder_positions(backbone: Backbone, texts_a: Sequence[str], texts_b: S
     counts = diff.sum(1)
     if not bool((counts == n_ctx).all()):
         bad = int((counts != n_ctx).nonzero()[0, 0])
-        raise ConfigError(f"prompt {texts_a[bad]!r} keeps {int(counts[bad])} of its {n_ctx} context tokens: it is "
-                          f"longer than the backbone's context length ({backbone.context_length}); use fewer tokens")
+        raise PromptLengthError(f"prompt {texts_a[bad]!r} keeps {int(counts[bad])} of its {n_ctx} context tokens: "
+                                f"it is longer than the backbone's context length ({backbone.context_length}); "
+                                "use fewer tokens")
     pos = torch.stack([row.nonzero().squeeze(1) for row in diff])
     return tok_a, pos
 
