@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,32 +38,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np
 import torch
 
-
-def lesion_masks(samples, size: int) -> torch.Tensor:
-    from PIL import Image
-
-    from conceptclip.explain import center_crop_geometry
-
-    out = []
-    for s in samples:
-        with Image.open(s.mask) as m:
-            out.append(torch.from_numpy(np.asarray(center_crop_geometry(m.convert("L"), size, Image.NEAREST)) > 127))
-    return torch.stack(out)
+from conceptclip.explain import load_masks
 
 
-def prepare_backbone(out: Path, dataset, pools, align_epochs: int):
-    from conceptclip.backbones.align import AlignConfig, align
-    from conceptclip.backbones.lite import LiteBackbone
-    from conceptclip.data import FeatureCache
-
-    heads = out / "lite_heads.safetensors"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        backbone = LiteBackbone(heads=heads if heads.exists() else None).freeze()
-    if not heads.exists():
-        s = align(backbone, dataset, pools.parts["train"], heads, AlignConfig(epochs=align_epochs), cache=FeatureCache())
-        print(f"aligned lite heads: loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}", flush=True)
-    return backbone
 
 
 def evaluate(method, maps_model, dataset, ids: list[str], ins_ids: set[str], steps: int, batch: int) -> dict:
@@ -97,7 +73,7 @@ def evaluate(method, maps_model, dataset, ids: list[str], ins_ids: set[str], ste
         m, valid = out.concepts.detach(), out.mask
         maps_all.append(m)
         valid_all.append(valid)
-        masks_all.append(lesion_masks(chunk, bb.image_size))
+        masks_all.append(load_masks([s.mask for s in chunk], bb.image_size))
         for c in y.unique().tolist():  # disentanglability over each class's real concepts only
             rows = (y == c).nonzero()[:, 0]
             k = int(valid[rows[0]].sum())
@@ -142,6 +118,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
 
+    from conceptclip.bench.protocol import prepare_backbone
     from conceptclip.data import FeatureCache, fewshot_split, holdout_split, load_dataset
     from conceptclip.engine import run_experiment
     from conceptclip.engine.load import load_run
@@ -151,7 +128,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset("ph2")
     pools = holdout_split(dataset)
-    backbone = prepare_backbone(args.out, dataset, pools, args.align_epochs)
+    backbone = prepare_backbone("lite", dataset, pools, args.out, FeatureCache(), args.align_epochs)
     test_ids = list(pools.parts["test"])
     ins_ids = {i for c in range(len(dataset.classnames))
                for i in [t for t in test_ids if dataset.by_id(t).label == c][: args.ins_per_class]}

@@ -37,18 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
+from conceptclip.explain import load_masks
 
-def masks_for(samples, size: int) -> torch.Tensor:
-    from PIL import Image
 
-    from conceptclip.explain import center_crop_geometry
-
-    out = []
-    for s in samples:
-        with Image.open(s.mask) as m:
-            crop = center_crop_geometry(m.convert("L"), size, Image.NEAREST)
-        out.append(torch.from_numpy(np.asarray(crop) > 127))
-    return torch.stack(out)
 
 
 def train_bank(dataset, ids, out: Path) -> Path:
@@ -141,7 +132,7 @@ def main() -> None:  # noqa: C901 - one linear experiment
 
     test_ids = pools.parts["test"]
     test_samples = [dataset.by_id(i) for i in test_ids]
-    masks = masks_for(test_samples, backbone.image_size)
+    masks = load_masks([s.mask for s in test_samples], backbone.image_size)
     centre = pointing_game(center_gaussian_maps(len(test_ids), backbone.image_size), masks)
 
     def part(ids, space):

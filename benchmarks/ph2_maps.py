@@ -28,18 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
+from conceptclip.explain import load_masks
 
-def masks_for(samples, size: int) -> torch.Tensor:
-    from PIL import Image
 
-    from conceptclip.explain import center_crop_geometry
-
-    out = []
-    for s in samples:
-        with Image.open(s.mask) as m:
-            crop = center_crop_geometry(m.convert("L"), size, Image.NEAREST)
-        out.append(torch.from_numpy(np.asarray(crop) > 127))
-    return torch.stack(out)
 
 
 def prepare(out: Path, shots: int, seed: int, epochs: int, align_epochs: int):
@@ -111,7 +102,7 @@ def main() -> None:
     for start in range(0, len(samples), args.batch):
         chunk = samples[start:start + args.batch]
         pixels = bb.preprocess([load_image(s.path) for s in chunk])
-        masks = masks_for(chunk, bb.image_size)
+        masks = load_masks([s.mask for s in chunk], bb.image_size)
         labels = torch.tensor([s.label for s in chunk])
         n = len(chunk)
         with torch.no_grad():

@@ -32,6 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+
+from conceptclip.explain import load_masks
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,16 +69,6 @@ def train_pool_bank(dataset, ids: list[str], path: Path):
     return bank, same
 
 
-def masks_for(samples, size: int) -> torch.Tensor:
-    from PIL import Image
-
-    from conceptclip.explain import center_crop_geometry
-
-    out = []
-    for s in samples:
-        with Image.open(s.mask) as m:
-            out.append(torch.from_numpy(np.asarray(center_crop_geometry(m.convert("L"), size, Image.NEAREST)) > 127))
-    return torch.stack(out)
 
 
 def load_method(run: Path, backbone):
@@ -185,7 +177,7 @@ def main() -> None:
     patches, glob = feats["patches"][rows_idx], feats["global"][rows_idx]
     grid = tuple(int(g) for g in feats["grid"][0])
     samples = [dataset.by_id(i) for i in test_ids]
-    masks = masks_for(samples, backbone.image_size)
+    masks = load_masks([s.mask for s in samples], backbone.image_size)
     labels = torch.tensor([s.label for s in samples])
     n = len(samples)
     baselines = {"center_gaussian": pointing_game(center_gaussian_maps(n, backbone.image_size), masks),

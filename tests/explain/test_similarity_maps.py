@@ -113,3 +113,22 @@ def test_center_crop_geometry_takes_the_middle_square():
     crop = center_crop_geometry(im, 10, Image.NEAREST)
     assert crop.size == (10, 10)
     assert [crop.getpixel((c, 0)) for c in (0, 9)] == [11 * 6, 29 * 6]
+
+
+def test_load_masks_follow_the_preprocessing_geometry(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from conceptclip.errors import DataError
+    from conceptclip.explain import load_masks
+
+    # a 40 x 20 mask, white in its right half: resized to 16 x 8 then centre-cropped to 8 x 8 (columns 4..11)
+    arr = np.zeros((20, 40), dtype=np.uint8)
+    arr[:, 20:] = 255
+    Image.fromarray(arr).save(tmp_path / "m.png")
+    masks = load_masks([tmp_path / "m.png"], 8)
+    assert masks.shape == (1, 8, 8) and masks.dtype == torch.bool
+    assert masks[0, :, 4:].all() and not masks[0, :, :4].any()
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="bad.png: cannot read mask"):
+        load_masks([tmp_path / "bad.png"], 8)

@@ -13,6 +13,7 @@ from conceptclip.explain.intervention import (
 from conceptclip.explain.maps import (
     center_crop_geometry,
     center_gaussian_maps,
+    load_masks,
     normalize_maps,
     random_maps,
     upsample_maps,
@@ -39,7 +40,7 @@ from conceptclip.explain.textual import PromptExplanation, explain_prompt
 __all__ = [
     "AttentionRelevance", "BaseCAM", "CAMResult", "ClassTarget", "ConceptEdit", "ConceptPromptClassifier",
     "ConceptTarget", "GradCAM", "InterventionResult", "ModelOutput", "PredictedClassTarget", "PromptExplanation",
-    "center_crop_geometry", "center_gaussian_maps", "class_targets", "concept_scores", "concept_targets",
+    "center_crop_geometry", "load_masks", "center_gaussian_maps", "class_targets", "concept_scores", "concept_targets",
     "explain_method", "explain_prompt", "gradcam_for", "knowledge_intervention", "method_forward",
     "method_similarity_maps", "method_text_features", "normalize_maps", "random_maps", "relevance_for",
     "relevance_rule", "similarity_maps", "top_concepts", "upsample_maps", "vit_reshape",

@@ -1,13 +1,17 @@
 """Map helpers: upsampling to the image, per-map min-max normalisation, the image geometry of
-preprocessing (for overlays and masks), and baseline maps (centre Gaussian, random)."""
+preprocessing (for overlays and masks, `load_masks`), and baseline maps (centre Gaussian, random)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conceptclip.errors import ConfigError
+from conceptclip.errors import ConfigError, DataError
 from conceptclip.metrics.grounding import normalize_maps as _normalize_maps
 
 
@@ -39,6 +43,20 @@ def center_crop_geometry(image: Image.Image, size: int, resample: int = Image.BI
     w, h = image.size
     left, top = (w - size) // 2, (h - size) // 2
     return image.crop((left, top, left + size, top + size))
+
+
+def load_masks(paths: Sequence[str | Path], size: int, threshold: int = 127) -> torch.Tensor:
+    """Ground-truth masks (N, size, size) bool, seen with the preprocessing geometry
+    (`center_crop_geometry`, nearest neighbour), foreground where the grey value > `threshold`."""
+    out = []
+    for path in paths:
+        try:
+            with Image.open(path) as m:
+                crop = center_crop_geometry(m.convert("L"), size, Image.NEAREST)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read mask ({type(exc).__name__}: {exc})") from None
+        out.append(torch.from_numpy(np.asarray(crop) > threshold))
+    return torch.stack(out) if out else torch.zeros(0, size, size, dtype=torch.bool)
 
 
 def center_gaussian_maps(n: int, size: int | tuple[int, int], sigma: float = 0.25) -> torch.Tensor:
