@@ -7,18 +7,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-import torch
 
 from deal_helpers import CONCEPTS
+from torch_threads import single_thread
 
-
-@pytest.fixture(scope="package", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="package", autouse=True)(single_thread)
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from conceptclip.knowledge.schema import Provenance, simple_bank
 from conceptclip.methods import create_method
 from conceptclip.methods.ecor import ABLATIONS
 
+from torch_threads import single_thread
+
 PROV = Provenance(kind="paper", citation="hand-made test bank")
 CLASSES = ["melanoma", "nevus"]
 # example A of test_ecor_math: class 0 -> {r0, r1}, class 1 -> {r1, r2}
@@ -23,12 +25,7 @@ BANK = simple_bank("toy", {"melanoma": ["blue veil", "irregular streaks", "irreg
                            "nevus": ["regular network", "regular dots", "irregular dots"]}, PROV)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def pixel_batch(n: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from torch_threads import single_thread
+
 CLASSES = ["melanoma", "nevus", "keratosis"]
 
 
@@ -25,10 +27,4 @@ def batch(tiny_clip) -> dict[str, torch.Tensor]:
     return feature_batch(tiny_clip)
 
 
-@pytest.fixture(scope="package", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and far faster than two on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="package", autouse=True)(single_thread)

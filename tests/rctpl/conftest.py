@@ -1,14 +1,9 @@
-"""Fixtures for RC-TPL tests: one thread (tiny models run fastest so on a busy machine)."""
+"""Fixtures for RC-TPL tests: one torch thread (tiny models run fastest so on a busy machine)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
+from torch_threads import single_thread
 
-@pytest.fixture(scope="package", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="package", autouse=True)(single_thread)

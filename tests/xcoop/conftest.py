@@ -5,17 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from torch_threads import single_thread
+
 CLASSES = ["melanoma", "nevus"]
 PROMPTS = {"melanoma": "a photo of melanoma, which has blue veil.", "nevus": "a photo of nevus, which has round shape."}
 
 
-@pytest.fixture(scope="package", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="package", autouse=True)(single_thread)
 
 
 @pytest.fixture

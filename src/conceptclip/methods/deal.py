@@ -48,6 +48,7 @@ from conceptclip.explain.targets import ClassTarget, ModelOutput
 from conceptclip.knowledge.templates import DEAL as DEAL_TEMPLATE
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.methods.coop import CoOp
 from conceptclip.prompts import ContextPrompt, normalize
 from conceptclip.prompts.concept_lists import ConceptLists, resolve_concepts
 
@@ -157,9 +158,7 @@ class ConceptMaps:
 class DEAL(Method):
     Config = DEALConfig
     inputs = frozenset({"features", "patches"})
-    # CoOp-family schedule (SGD, lr 0.002, batch 32, cosine, one warm-up epoch)
-    train_defaults = {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 50, "warmup_epochs": 1,
-                      "warmup_lr": 1e-5}
+    train_defaults = CoOp.train_defaults  # the CoOp-family schedule (SGD, lr 0.002, batch 32, cosine, warm-up)
 
     def __init__(self, backbone, classnames, config=None, *, concepts: dict[str, Sequence[str]] | None = None,
                  **kw) -> None:

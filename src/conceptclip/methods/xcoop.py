@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from conceptclip.errors import ConfigError
+from conceptclip.explain.textual import PromptExplanation, explain_prompt
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
 from conceptclip.prompts import normalize
@@ -333,26 +334,17 @@ def token_alignment_stats(method: XCoOp) -> dict[str, dict[str, float]]:
 
 
 @dataclass
-class TextualExplanation:
-    """`distance` (C, K): cosine distance of learned class prompt c to clinical concept k;
-    `ranking` (C, K): concepts nearest first; `agreement`: `concept_class_agreement`;
-    `tokens`: `token_alignment_stats`."""
+class TextualExplanation(PromptExplanation):
+    """`explain.PromptExplanation` (distance (C, K) of learned class prompt c to clinical concept k,
+    ranking nearest first) plus XCoOp's `home` classes of the concepts, `agreement`
+    (`concept_class_agreement`) and `tokens` (`token_alignment_stats`)."""
 
-    classnames: list[str]
-    concepts: list[str]
-    distance: torch.Tensor
-    ranking: torch.Tensor
-    home: dict[int, int]
-    agreement: float | None
-    tokens: dict[str, dict[str, float]]
-
-    def nearest_concepts(self, k: int = 5) -> dict[str, list[tuple[str, float]]]:
-        return {c: [(self.concepts[int(j)], float(self.distance[i, j])) for j in self.ranking[i, :k]]
-                for i, c in enumerate(self.classnames)}
+    home: dict[int, int] = field(default_factory=dict)
+    agreement: float | None = None
+    tokens: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self, k: int = 5) -> dict[str, Any]:
-        return {"nearest_concepts": {c: [{"concept": n, "distance": d} for n, d in rows]
-                                     for c, rows in self.nearest_concepts(k).items()},
+        return {"nearest_concepts": super().to_dict(k)["nearest_concepts"],
                 "home_class": {self.concepts[j]: self.classnames[c] for j, c in self.home.items()},
                 "concept_class_agreement": self.agreement, "token_alignment": self.tokens}
 
@@ -360,14 +352,13 @@ class TextualExplanation:
 def explain_textually(method: XCoOp, concepts: Sequence[str] | None = None, margin: float = 0.2) -> TextualExplanation:
     """XCoOp's textual explanation: every learned class prompt's cosine distance to every clinical
     concept prompt, ranked (`explain.explain_prompt`), with the agreement and token statistics."""
-    from conceptclip.explain.textual import explain_prompt
-
     names = list(concepts) if concepts is not None else method.concept_names
     feats = method.concept_features(names)
     base = explain_prompt(method, feats, names)
     home = home_classes(method.knowledge, method.classnames, names, margin)
-    return TextualExplanation(list(method.classnames), names, base.distance, base.ranking, home,
-                              concept_class_agreement(base.distance, home), token_alignment_stats(method))
+    return TextualExplanation(list(method.classnames), names, base.distance, base.ranking, home=home,
+                              agreement=concept_class_agreement(base.distance, home),
+                              tokens=token_alignment_stats(method))
 
 
 @dataclass
