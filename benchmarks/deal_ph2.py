@@ -132,9 +132,8 @@ def main() -> None:
     test_ids = list(pools.parts["test"])
     ins_ids = {i for c in range(len(dataset.classnames))
                for i in [t for t in test_ids if dataset.by_id(t).label == c][: args.ins_per_class]}
-    known = [s.id for s in dataset.samples if s.id not in set(test_ids)]  # what run_experiment gives methods
     zero_shot = create_method("deal", backbone, dataset.classnames, dataset=dataset,
-                              knowledge_ids=known).eval()  # the written prompts
+                              knowledge_exclude=test_ids).eval()  # the written prompts, as run_experiment builds them
     methods = [("coop", {}), ("deal", {})] + ([("deal_ablation", {"lambda_disen": 0.0, "lambda_local": 0.0})]
                                              if args.ablation else [])
     rows: dict[str, list[dict]] = {}

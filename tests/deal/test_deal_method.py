@@ -99,18 +99,21 @@ def test_ph2_uses_the_ph2_criteria_bank(tiny_clip, ph2):
 
 
 def test_ph2_concepts_can_exclude_the_test_images(ph2):
-    # run_experiment passes every non-test id as knowledge_ids; DEAL hands them to the bank
+    # run_experiment passes the test ids as knowledge_exclude; DEAL hands them to the bank
     from conceptclip.data import holdout_split
     from conceptclip.data.ph2 import ph2_dir
     from conceptclip.knowledge.skin import ph2_bank
 
     pools = holdout_split(ph2)
     known = pools.parts["train"] + pools.parts["val"]
-    lists = resolve_concepts(ph2.classnames, bank="ph2", top_k=6, bank_ids=known)
+    lists = resolve_concepts(ph2.classnames, bank="ph2", top_k=6, bank_exclude=pools.tested_ids())
     subset = ph2_bank(ph2_dir() / "labels.csv", ids=known)
     assert lists.concepts == [subset.phrases(c)[:6] for c in ph2.classnames]
     everything = resolve_concepts(ph2.classnames, bank="ph2", top_k=6)
     assert lists.concepts != everything.concepts  # the 60 test images did change the melanoma list
+    # ids of another dataset (own images mapped onto the PH2 bank) exclude nothing
+    other = resolve_concepts(ph2.classnames, bank="ph2", top_k=6, bank_exclude=["melanoma/1.png", "nevus/2.png"])
+    assert other.concepts == everything.concepts
 
 
 def test_run_experiment_gives_methods_only_non_test_ids_for_knowledge(image_folder, tiny_clip, tmp_path, monkeypatch):
@@ -129,14 +132,13 @@ def test_run_experiment_gives_methods_only_non_test_ids_for_knowledge(image_fold
     split = holdout_split(ds)
     run_module.run_experiment("coop", ds, split, tiny_clip, tmp_path / "run", cache=FeatureCache(tmp_path / "c"),
                               method_config={"n_ctx": 2}, train_config={"epochs": 1, "progress": False})
-    assert sorted(seen["knowledge_ids"]) == sorted(split.parts["train"] + split.parts["val"])
-    import json
+    assert sorted(seen["knowledge_exclude"]) == sorted(split.parts["test"])
+    assert not set(seen["knowledge_exclude"]) & set(split.parts["train"] + split.parts["val"])
 
     from conceptclip.engine.load import load_run
 
-    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["knowledge_ids"]
-    assert recorded == seen["knowledge_ids"]  # so a reloaded run builds the same concept lists
-    assert load_run(tmp_path / "run")[0].context["knowledge_ids"] == recorded
+    # a reloaded run excludes the same images (read back from its split.json), so it builds the same concept lists
+    assert load_run(tmp_path / "run")[0].context["knowledge_exclude"] == seen["knowledge_exclude"]
 
 
 def test_contributions_sum_to_the_concept_averaged_logits(tiny_clip):

@@ -38,6 +38,10 @@ class Split:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
+    def tested_ids(self) -> list[str]:
+        """Ids of every test part ("test", "test_base", "test_novel"), in part order."""
+        return [i for name, ids in self.parts.items() if name.startswith("test") for i in ids]
+
     def sha256(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 

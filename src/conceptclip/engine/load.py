@@ -25,6 +25,7 @@ def load_run(run: str | Path, device: str | None = None,
     `backbones` (key -> backbone, filled as runs load) lets runs on the same backbone weights share
     one loaded backbone (a report over many runs loads the towers once)."""
     from conceptclip.backbones import create_backbone
+    from conceptclip.data.splits import Split
     from conceptclip.engine.checkpoint import load_method_weights
     from conceptclip.methods import create_method
 
@@ -47,8 +48,10 @@ def load_run(run: str | Path, device: str | None = None,
         backbone = create_backbone(spec, device=device)
         if backbones is not None:
             backbones[key] = backbone
+    split_file = run / "split.json"  # the tested images, which knowledge never counts (as in run_experiment)
+    exclude = Split.load(split_file).tested_ids() if split_file.is_file() else None
     method = create_method(name, backbone, classnames, mconf, template=cfg.get("template", "a photo of a {}."),
-                           multilabel=cfg.get("multilabel", False), knowledge_ids=cfg.get("knowledge_ids"))
+                           multilabel=cfg.get("multilabel", False), knowledge_exclude=exclude)
     weights = run / "model.safetensors"
     try:
         method.load_learned_state(load_method_weights(weights))

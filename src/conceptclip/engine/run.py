@@ -61,10 +61,9 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
     if split.classes.get("base"):
         classnames = split.classes["base"]
     seed_everything(int((train_config or {}).get("seed", TrainConfig.seed)))  # parameter init is seeded too
-    # knowledge counted from the dataset's own annotations (e.g. PH2 criteria per diagnosis) may read
-    # every image except the tested ones
-    tested = {i for name, ids in split.parts.items() if name.startswith("test") for i in ids}
-    method_kwargs = {"knowledge_ids": [s.id for s in dataset.samples if s.id not in tested], **(method_kwargs or {})}
+    # knowledge counted from per-image annotations (e.g. PH2 criteria per diagnosis) never reads the
+    # tested images (load_run derives the same list from split.json)
+    method_kwargs = {"knowledge_exclude": split.tested_ids(), **(method_kwargs or {})}
     method = create_method(method_name, backbone, classnames, method_config, template=dataset.template,
                            multilabel=dataset.multilabel, dataset=dataset, **method_kwargs)
     cfg = TrainConfig.from_dict({**method.train_defaults, **(train_config or {})})
@@ -77,7 +76,7 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
               "classnames": list(classnames), "template": dataset.template, "multilabel": dataset.multilabel,
               "backbone_weights": backbone.weights_id(), "dataset": dataset.name,
               "dataset_fingerprint": dataset.fingerprint(), "split_sha256": split.sha256(), "split_kind": split.kind,
-              "split_params": split.params, "knowledge_ids": method_kwargs["knowledge_ids"]}
+              "split_params": split.params}
     write_json(out / "config.json", config)
 
     parts = build_parts(dataset, split.parts, method.inputs, backbone, cache, num_workers=cfg.num_workers,

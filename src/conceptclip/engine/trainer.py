@@ -2,10 +2,11 @@
 
 Closed-form methods fit on the cached train/val features; gradient methods train their own
 parameters (only those with `requires_grad`) with SGD/AdamW, constant warm-up then cosine, for
-`epochs` epochs, selecting the epoch with the best validation metric (ties: the lower validation loss). Device, mixed precision and
-DDP come from Lightning Fabric. After every epoch a checkpoint is written atomically; a killed run
-restarted with the same checkpoint path resumes from the last finished epoch and reaches the same
-final weights bit for bit on CPU, because each epoch's randomness is seeded from (seed, epoch).
+`epochs` epochs, selecting the epoch with the best validation metric (ties: the lower validation
+loss). Device, mixed precision and DDP come from Lightning Fabric. After every epoch a checkpoint
+is written atomically; a killed run restarted with the same checkpoint path resumes from the last
+finished epoch and reaches the same final weights bit for bit on CPU, because each epoch's
+randomness is seeded from (seed, epoch).
 Once the weights are final (best state loaded), `Method.after_fit` may re-choose what depends on
 them (Tip-Adapter-F re-searches alpha, beta on validation).
 """

@@ -179,7 +179,7 @@ class DEAL(Method):
             c.bank = "ph2"  # the PH2 criteria per diagnosis (recorded in the config)
         self.concept_lists: ConceptLists = resolve_concepts(self.classnames, concepts=given or None, bank=c.bank,
                                                             class_map=c.class_map, top_k=c.n_concepts or None,
-                                                            bank_ids=self.context.get("knowledge_ids"))
+                                                            bank_exclude=self.context.get("knowledge_exclude"))
         # the resolved lists go into the config, so a results folder re-creates the same prompts
         c.concepts = {n: list(p) for n, p in zip(self.classnames, self.concept_lists.concepts)}
         index, mask = self.concept_lists.tables()

@@ -215,14 +215,14 @@ ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def load_bank_spec(spec: str, ids: Sequence[str] | None = None):
-    """A `ConceptBank` from a bank JSON file or a shared-bank name (`ids`: see `load_bank_any`)."""
+def load_bank_spec(spec: str, exclude: Sequence[str] | None = None):
+    """A `ConceptBank` from a bank JSON file or a shared-bank name (`exclude`: see `load_bank_any`)."""
     from conceptclip.prompts.ensembles import load_bank_any
 
     if not spec:
         raise ConfigError("bank: a rationale method needs a rationale bank, e.g. bank='ph2' (PH2 dermoscopic "
                           "criteria), bank='dror/cifar10' (DROR rationales) or a bank JSON file")
-    return load_bank_any(spec, ids=ids)
+    return load_bank_any(spec, exclude=exclude)
 
 
 def _template(name: str, text: str, slots: set[str]) -> PromptTemplate:
@@ -255,7 +255,7 @@ class RationaleMethod(Method):
                 raise ConfigError(f"{type(c).__name__}.{name}={value!r}: expected one of {options}")
         if c.top_k < 1:
             raise ConfigError(f"{type(c).__name__}.top_k={c.top_k}: expected a positive integer")
-        bank = bank if bank is not None else load_bank_spec(c.bank, self.context.get("knowledge_ids"))
+        bank = bank if bank is not None else load_bank_spec(c.bank, self.context.get("knowledge_exclude"))
         self.bank_name = bank.name
         self.space = build_rationale_space(bank, self.classnames, class_map=c.class_map, sets=c.rationale_sets,
                                            pairs=c.pairs, max_per_class=c.max_rationales,

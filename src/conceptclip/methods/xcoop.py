@@ -115,9 +115,9 @@ class Knowledge:
 
 
 def resolve_knowledge(config: XCoOpConfig, classnames: Sequence[str],
-                      bank_ids: Sequence[str] | None = None) -> Knowledge:
+                      bank_exclude: Sequence[str] | None = None) -> Knowledge:
     """The clinical concepts and prompts of every class, from `concept_prompts` or the bank (a bank
-    counted from the dataset's annotations reads only `bank_ids`, see `load_bank_any`)."""
+    counted from per-image annotations never counts `bank_exclude`, see `load_bank_any`)."""
     from conceptclip.knowledge.prompts import display_name, select_concepts
     from conceptclip.knowledge.templates import XCOOP
 
@@ -129,7 +129,7 @@ def resolve_knowledge(config: XCoOpConfig, classnames: Sequence[str],
                          {c: config.concept_prompts[c] for c in classnames}, "given prompts")
     from conceptclip.prompts.ensembles import load_bank_any
 
-    bank = load_bank_any(config.bank, ids=bank_ids)
+    bank = load_bank_any(config.bank, exclude=bank_exclude)
     concepts, freq, prompts = {}, {}, {}
     for c in classnames:
         key = config.class_map.get(c, c)
@@ -184,7 +184,7 @@ class XCoOp(Method):
                 raise ConfigError(f"xcoop {name}={getattr(c, name)}: expected a non-negative weight")
         if c.top_k < 0:
             raise ConfigError(f"xcoop top_k={c.top_k}: expected 0 (all concepts) or a positive number")
-        self.knowledge = resolve_knowledge(c, self.classnames, self.context.get("knowledge_ids"))
+        self.knowledge = resolve_knowledge(c, self.classnames, self.context.get("knowledge_exclude"))
         # every clinical concept of every class, in first-appearance order (names of `concept_scores`)
         self.concept_names = list(dict.fromkeys(p for n in self.classnames for p in self.knowledge.concepts[n]))
         texts = self.knowledge.clinical_prompts

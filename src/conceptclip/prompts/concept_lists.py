@@ -72,14 +72,14 @@ class ConceptLists:
 
 def resolve_concepts(classnames: Sequence[str], *, concepts: Mapping[str, Sequence[str]] | None = None,
                      bank: str = "", class_map: Mapping[str, str] | None = None,
-                     top_k: int | None = None, bank_ids: Sequence[str] | None = None) -> ConceptLists:
+                     top_k: int | None = None, bank_exclude: Sequence[str] | None = None) -> ConceptLists:
     """Concept phrases per class, in bank order, at most `top_k` each.
 
     `concepts` ({class: phrases}, given directly) wins; otherwise `bank` is a shared-bank name
     (e.g. "deal/cub", "ph2") or a bank JSON file, matched to the class names case- and
     underscore-insensitively or through `class_map` {class: bank class}. Every class must get at
-    least one concept: a concept-level method has nothing to prompt otherwise. `bank_ids` restricts
-    a bank counted from the dataset's own annotations ("ph2") to those images (`load_bank_any`).
+    least one concept: a concept-level method has nothing to prompt otherwise. `bank_exclude`: image
+    ids a bank counted from per-image annotations ("ph2") must not count (`load_bank_any`).
     """
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top_k={top_k}: expected a positive number of concepts per class")
@@ -103,7 +103,7 @@ def resolve_concepts(classnames: Sequence[str], *, concepts: Mapping[str, Sequen
     from conceptclip.knowledge.prompts import select_concepts
     from conceptclip.prompts.ensembles import load_bank_any
 
-    b = load_bank_any(bank, ids=bank_ids)
+    b = load_bank_any(bank, exclude=bank_exclude)
     by_key = {_key(c): c for c in b.classes}
     lists, sources = [], {}
     for c in classnames:

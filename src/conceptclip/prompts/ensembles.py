@@ -9,7 +9,7 @@ removed, so a results folder can record it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,12 +41,12 @@ def _key(name: str) -> str:
     return " ".join(name.replace("_", " ").lower().split())
 
 
-def load_bank_any(spec: str, ids: Sequence[str] | None = None):
+def load_bank_any(spec: str, exclude: Collection[str] | None = None):
     """A `ConceptBank` from a shared-bank name ("biomedcoop/BUSI") or a bank JSON file.
 
-    `ids`: for banks counted from a dataset's own per-image annotations ("ph2"), count only these
-    images (e.g. every image that is not tested), so test images never shape the concept lists;
-    other banks do not depend on the dataset's images and ignore it."""
+    `exclude`: image ids (a run's test images) that a bank counted from per-image annotations ("ph2")
+    must not count, so test images never shape the concept lists; ids of other datasets exclude
+    nothing, and banks that do not count images ignore it."""
     from pathlib import Path
 
     from conceptclip.knowledge.loaders import load_shared_bank
@@ -54,11 +54,13 @@ def load_bank_any(spec: str, ids: Sequence[str] | None = None):
 
     if spec.endswith(".json") or Path(spec).is_file():
         return load_bank(spec)
-    if spec == "ph2" and ids is not None:
+    if spec == "ph2" and exclude:
         from conceptclip.data.ph2 import ph2_dir
-        from conceptclip.knowledge.skin import ph2_bank
+        from conceptclip.knowledge.skin import ph2_bank, ph2_diagnoses
 
-        return ph2_bank(ph2_dir() / "labels.csv", ids=ids)
+        labels = ph2_dir() / "labels.csv"
+        drop = set(exclude)
+        return ph2_bank(labels, ids=[i for i in ph2_diagnoses(labels) if i not in drop])
     return load_shared_bank(spec)
 
 
