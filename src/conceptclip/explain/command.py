@@ -138,9 +138,8 @@ def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_d
     from conceptclip.data.images import load_image
     from conceptclip.engine.load import load_run
     from conceptclip.explain.maps import center_crop_geometry
-    from conceptclip.io import save_tensors, write_json
+    from conceptclip.io import atomic_write, save_tensors, write_json
     from conceptclip.prompts import encode_prompts
-    from conceptclip.io import atomic_write
     from conceptclip.report.overlay import overlay_panel, save_png
     from conceptclip.report.plots import concept_maps_png
 

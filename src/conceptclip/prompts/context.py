@@ -59,10 +59,10 @@ def check_prompts_fit(backbone: Backbone, names: Sequence[str], n_ctx: int, posi
         hint = f"use a ctx_init of at most {fit} tokens"
     else:
         hint = f"use n_ctx <= {fit}"
-    raise PromptLengthError(f"class {names[bad]!r}: the prompt needs {at_least}{int(needed[bad])} tokens ({n_ctx} "
-                      f"context + {int(rest[bad])} for the class name, {suffix!r} and start/end tokens) but only "
-                      f"{limit} are available (the backbone's context length); the tokenizer would cut the "
-                      f"prompt and could drop the class name: {hint}")
+    raise PromptLengthError(f"class {names[bad]!r}: the prompt needs {at_least}{int(needed[bad])} tokens "
+                            f"({n_ctx} context + {int(rest[bad])} for the class name, {suffix!r} and start/end "
+                            f"tokens) but only {limit} are available (the backbone's context length); the "
+                            f"tokenizer would cut the prompt and could drop the class name: {hint}")
 
 
 def placeholder_positions(backbone: Backbone, texts_a: Sequence[str], texts_b: Sequence[str], n_ctx: int) -> tuple[TokenBatch, torch.Tensor]:
