@@ -7,9 +7,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import socket
 import struct
-import threading
 import time
 import uuid
 import zlib
@@ -19,8 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from web_server import running_server
+
 pytest.importorskip("fastapi", reason="the web extra (fastapi) is not installed")
-uvicorn = pytest.importorskip("uvicorn", reason="the web extra (uvicorn) is not installed")
+pytest.importorskip("uvicorn", reason="the web extra (uvicorn) is not installed")
 pytest.importorskip("multipart", reason="the web extra (python-multipart) is not installed")
 
 MAX_BYTES = 200_000
@@ -45,19 +45,8 @@ def server(tmp_path_factory):
     run_experiment("coop", ds, fewshot_split(ds, holdout_split(ds), 1, 1), create_backbone("tiny-clip"), run,
                    method_config={"n_ctx": 2}, train_config={"epochs": 1, "progress": False})
     app = create_app(run, config=ServeConfig(max_bytes=MAX_BYTES, max_concurrency=1, max_queue=4))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    t0 = time.time()
-    while not srv.started:
-        assert time.time() - t0 < 60 and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield port, run
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with running_server(app) as port:
+        yield port, run
 
 
 def _post(port: int, data: bytes, filename: str = "x.png", timeout: float = 120) -> tuple[int, dict]:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from web_server import running_server
 
 pytest.importorskip("fastapi", reason="the web extra (fastapi) is not installed")
 pytest.importorskip("uvicorn", reason="the web extra (uvicorn) is not installed")
@@ -58,24 +57,11 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(web_run):
-    import uvicorn
-
     from conceptclip.web.app import ServeConfig, create_app
 
     app = create_app(web_run["run"], bank=web_run["bank"], config=ServeConfig(max_bytes=LIMIT))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}/"
-    srv.should_exit = True
-    thread.join(10)
+    with running_server(app, timeout=30, log_level="warning") as port:
+        yield f"http://127.0.0.1:{port}/"
 
 
 def _upload(browser, path, expect: str):
