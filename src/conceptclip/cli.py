@@ -66,6 +66,8 @@ def align(
     out: Path = typer.Option(Path("lite_heads.safetensors"), help="where to write the aligned heads"),
     epochs: int = typer.Option(300, help="training epochs of the heads"),
     split: Optional[Path] = typer.Option(None, help="split manifest whose 'train' part is used (default: holdout train pool)"),
+    patch_weight: Optional[float] = typer.Option(None, help="weight of the localisation-aware patch-level term "
+                                                            "(0: global only; default: AlignConfig's)"),
 ) -> None:
     """Align the `lite` backbone's projection heads contrastively on image-caption pairs."""
     from conceptclip.backbones.align import AlignConfig, align as run_align
@@ -73,7 +75,8 @@ def align(
     ds = _dataset(dataset)
     sp = _split(ds, split, 0, 0)
     backbone = _lite_unaligned()
-    summary = run_align(backbone, ds, sp.parts["train"], out, AlignConfig(epochs=epochs))
+    extra = {} if patch_weight is None else {"patch_weight": patch_weight}
+    summary = run_align(backbone, ds, sp.parts["train"], out, AlignConfig(epochs=epochs, **extra))
     console.print(f"aligned on {summary['pairs']} pairs ({summary['unique_captions']} distinct captions): "
                   f"loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}; heads in {out}")
     typer.echo(json.dumps(summary))
@@ -145,6 +148,22 @@ def evaluate(
         write_json(out, metrics)
     _print_metrics({cfg["method"]["method"]: {"test": metrics}})
     typer.echo(json.dumps(metrics))
+
+
+@app.command()
+def sanity(
+    run: Path = typer.Argument(..., help="a finished results folder"),
+    dataset: str = typer.Option(..., help="the dataset the run was trained on ('ph2', folder, .csv, .json)"),
+    seed: int = typer.Option(0, help="seed of the label permutation"),
+    overwrite: bool = typer.Option(False, help="retrain an existing twin"),
+) -> None:
+    """Train RUN's data randomisation twin (same method, config and split; train/val labels permuted)
+    into RUN/sanity_shuffled_labels; `explain`, `report` and `serve` then run both sanity checks."""
+    from conceptclip.engine.sanity import train_label_shuffled_twin
+
+    twin = train_label_shuffled_twin(run, _dataset(dataset), seed=seed, overwrite=overwrite)
+    console.print(f"label-shuffled twin trained in {twin}")
+    typer.echo(json.dumps({"twin": str(twin)}))
 
 
 @app.command()

@@ -46,8 +46,9 @@ def test_explain_images_writes_overlays_maps_and_scores(run_dir, images, tmp_pat
     from conceptclip.io import load_tensors
 
     out = tmp_path / "explained"
-    doc = explain_images(run_dir, images, out)
+    doc = explain_images(run_dir, images, out, sanity=False)
     assert doc["explainers"] == ["gradcam", "similarity", "chefer"]
+    assert doc["sanity"] == {}
     assert doc["classnames"] == ["cat", "dog", "fish"]
     method, _ = load_run(run_dir)
     pixels = method.backbone.preprocess([Image.open(p).convert("RGB") for p in images])
@@ -71,6 +72,22 @@ def test_explain_images_writes_overlays_maps_and_scores(run_dir, images, tmp_pat
     assert doc["images"][1]["key"] == "001_3"
 
 
+def test_explain_runs_the_sanity_checks_and_flags_failed_maps(run_dir, images, tmp_path):
+    """Learned-parameter randomisation on every map type; a failed check puts a red banner above
+    the overlays (a taller PNG) and its verdict into scores.json."""
+    from conceptclip.explain.command import explain_images
+
+    doc = explain_images(run_dir, images, tmp_path / "checked", explainers=["gradcam", "similarity"])
+    assert set(doc["sanity"]) == {"gradcam", "similarity"}
+    for name, checks in doc["sanity"].items():
+        (check,) = checks  # no label-shuffled twin in this run: only the parameter test
+        assert check["test"] == "parameter_randomisation" and check["images"] == len(images)
+        assert -1.0 <= check["spearman"] <= 1.0 and check["message"]
+        png = Image.open(tmp_path / "checked" / doc["images"][0]["overlays"][name])
+        plain = 32 + 14 + 8
+        assert (png.size[1] > plain) == (check["applicable"] and not check["passed"])
+
+
 def test_predicted_class_and_concept_scores(run_dir, images, tmp_path):
     from conceptclip.engine.load import load_run
     from conceptclip.explain import concept_scores
@@ -78,7 +95,7 @@ def test_predicted_class_and_concept_scores(run_dir, images, tmp_path):
     from conceptclip.prompts import encode_prompts
 
     concepts = ["a photo of a dark cat.", "a photo of white fish."]
-    doc = explain_images(run_dir, images[:2], tmp_path / "o", explainers=["gradcam"], targets="predicted",
+    doc = explain_images(run_dir, images[:2], tmp_path / "o", explainers=["gradcam"], targets="predicted", sanity=False,
                          concepts=concepts, reference="a photo.")
     assert doc["concept_score"] == "monet"
     method, _ = load_run(run_dir)

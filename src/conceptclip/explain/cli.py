@@ -27,6 +27,10 @@ def explain(
     method_explanation: bool = typer.Option(True, "--method-explanation/--no-method-explanation",
                                             help="add the method's own explanation (ranked concepts, rationale, "
                                                  "concept heat maps) where it has one"),
+    sanity: bool = typer.Option(True, "--sanity/--no-sanity",
+                                help="run the saliency sanity checks (learned-parameter randomisation; data "
+                                     "randomisation where `conceptclip sanity RUN` trained the twin) and flag "
+                                     "map types that fail"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda"),
 ) -> None:
     """Explain RUN's predictions on IMAGES."""
@@ -35,6 +39,8 @@ def explain(
     doc = explain_images(run, images, out, explainers=explainer or None,
                          targets="predicted" if predicted_only else "all", concepts=concept or (),
                          reference=reference, alpha=alpha, device=device,
-                         method_explanation=method_explanation)
+                         method_explanation=method_explanation, sanity=sanity)
     typer.echo(json.dumps({"out": str(out), "images": len(doc["images"]), "explainers": doc["explainers"],
-                           "predictions": {r["image"]: r["prediction"] for r in doc["images"]}}))
+                           "predictions": {r["image"]: r["prediction"] for r in doc["images"]},
+                           "sanity": {e: [(c["test"], round(c["spearman"], 3), c["passed"]) for c in cs]
+                                      for e, cs in doc["sanity"].items()}}))

@@ -160,3 +160,54 @@ def sanity_check(method: Any, twin: Any, pixels: torch.Tensor, explainer: str, t
     check = SanityCheck(test=test, explainer=explainer, spearman=mean_finite(per_image["spearman"]),
                         ssim=mean_finite(per_image["ssim"]), images=int(pixels.shape[0]))
     return check, per_image
+
+
+class MapSanity:
+    """A trained method with its randomised twins, ready to check its maps on any images: the
+    learned-parameter twin (built here; absent for a method that learned nothing) and, when given,
+    the data randomisation twin (the method retrained on permuted labels)."""
+
+    def __init__(self, method: Any, data_twin: Any = None, seed: int = 0) -> None:
+        self.method = method
+        self.twins: dict[str, Any] = {}
+        try:
+            self.twins["parameter_randomisation"] = randomize_learned(method, seed)
+        except ConfigError:
+            pass  # nothing learned: the test does not apply
+        if data_twin is not None:
+            self.twins["data_randomisation"] = data_twin
+
+    def check(self, pixels: torch.Tensor, explainers: list[str], classes: torch.Tensor | None = None,
+              ) -> dict[str, list[SanityCheck]]:
+        """Per explainer, one `SanityCheck` per available test on these images and classes."""
+        out: dict[str, list[SanityCheck]] = {}
+        for e in explainers:
+            out[e] = [sanity_check(self.method, twin, pixels, e, test, classes)[0] for test, twin in self.twins.items()]
+        return out
+
+
+def failed(checks: list[SanityCheck] | list[dict]) -> bool:
+    """True when any applicable check of a map type failed (dicts from `SanityCheck.to_dict` accepted)."""
+    for c in checks:
+        if isinstance(c, dict):
+            if c.get("applicable") and not c.get("passed"):
+                return True
+        elif c.applicable and not c.passed:
+            return True
+    return False
+
+
+def combine_checks(checks: list[SanityCheck]) -> list[SanityCheck]:
+    """Checks of the same test over several batches -> one per test, image-weighted means."""
+    by_test: dict[str, list[SanityCheck]] = {}
+    for c in checks:
+        by_test.setdefault(c.test, []).append(c)
+    out = []
+    for test, cs in by_test.items():
+        def wmean(attr: str) -> float:
+            pairs = [(getattr(c, attr), c.images) for c in cs if not math.isnan(getattr(c, attr))]
+            n = sum(w for _, w in pairs)
+            return sum(v * w for v, w in pairs) / n if n else math.nan
+        out.append(SanityCheck(test, cs[0].explainer, wmean("spearman"), wmean("ssim"), sum(c.images for c in cs),
+                               cs[0].threshold))
+    return out

@@ -303,7 +303,8 @@ def make_cards(explainer: Any, dataset: Any, pred: PartPredictions,
                       "probability": res.probabilities[res.prediction],
                       "correct": res.prediction in truth.split(", "),
                       "image": png_data_url(thumbnail(res.shown, 256)), "concepts": res.top_concepts(6),
-                      "maps": [{"title": m.title, "src": png_data_url(thumbnail(m.image, 192))} for m in res.maps],
+                      "maps": [{"title": m.title, "src": png_data_url(thumbnail(m.image, 192)), "failed": m.failed,
+                                "sanity_text": m.sanity_text} for m in res.maps],
                       "rationale": res.rationale})
     return cards, (results[0].concept_kind if results else "")
 
