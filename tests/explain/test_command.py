@@ -239,3 +239,32 @@ def test_overlay_blends_a_colormap_over_the_image():
         overlay(image, ramp, alpha=2.0)
     with pytest.raises(ConfigError, match="NaN"):
         colorize(torch.tensor([[float("nan"), 0.0]]))
+
+
+def test_label_shuffled_twin_adds_the_data_randomisation_check(run_dir, images, tmp_path):
+    """`conceptclip sanity RUN`'s engine: the twin is trained on the run's split with permuted
+    train/val labels (class counts kept, test labels untouched); explain then runs both tests."""
+    import shutil
+
+    from conceptclip.data import Split, from_folder
+    from conceptclip.engine.sanity import TWIN_DIR, label_shuffled, train_label_shuffled_twin
+    from conceptclip.explain.command import explain_images
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    ds = from_folder(run_dir.parent / "data")
+    split = Split.load(run / "split.json", ds)
+    fitted = list(split.parts["train"]) + list(split.parts["val"])
+    shuffled = label_shuffled(ds, fitted, seed=0)
+    before = [ds.by_id(i).label for i in fitted]
+    after = [shuffled.by_id(i).label for i in fitted]
+    assert sorted(before) == sorted(after) and before != after
+    assert all(shuffled.by_id(i).label == ds.by_id(i).label for i in split.parts["test"])
+
+    twin = train_label_shuffled_twin(run, ds)
+    assert twin == run / TWIN_DIR and (twin / "metrics.json").is_file()
+    doc = explain_images(run, images[:2], tmp_path / "o", explainers=["similarity"])
+    tests = [c["test"] for c in doc["sanity"]["similarity"]]
+    assert tests == ["parameter_randomisation", "data_randomisation"]
+    with pytest.raises(ConfigError, match="fingerprint"):
+        train_label_shuffled_twin(run, label_shuffled(ds, fitted, seed=1))

@@ -6,7 +6,6 @@ no training)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,6 +13,7 @@ from typing import Any, Sequence
 from conceptclip.data.dataset import Dataset
 from conceptclip.data.splits import Split
 from conceptclip.errors import ConfigError
+from conceptclip.io import write_json
 
 TWIN_DIR = "sanity_shuffled_labels"  # inside the results folder
 
@@ -50,10 +50,9 @@ def train_label_shuffled_twin(run: str | Path, dataset: Dataset, backbone: Any =
                           f"{dataset.fingerprint()} (pass the same data)")
     split = Split.load(run / "split.json", dataset)
     shuffled = label_shuffled(dataset, list(split.parts["train"]) + list(split.parts.get("val", [])), seed)
-    train = {k: v for k, v in cfg["train"].items()}
     out = run / TWIN_DIR
     run_experiment(cfg["method"]["method"], shuffled, split, backbone if backbone is not None else method.backbone,
-                   out, method_config=cfg["method"]["config"], train_config={**train, "progress": False},
+                   out, method_config=cfg["method"]["config"], train_config={**cfg["train"], "progress": False},
                    overwrite=overwrite, resume=not overwrite and out.exists(), cache=cache)
-    (out / "shuffle.json").write_text(json.dumps({"seed": seed, "parts": ["train", "val"], "of_run": str(run.name)}))
+    write_json(out / "shuffle.json", {"seed": seed, "parts": ["train", "val"], "of_run": run.name})
     return out
