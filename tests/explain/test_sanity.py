@@ -89,3 +89,17 @@ def test_similarity_maps_of_a_randomised_prompt_change(tiny_coop, pixels):
     assert rand.spearman < 0.999
     with pytest.raises(ConfigError, match="sanity test"):
         sanity_check(tiny_coop, ident, pixels, "similarity", "label_shuffle")
+
+
+def test_baseline_maps_random_on_the_grid_and_the_centre_prior():
+    from conceptclip.explain import baseline_maps, random_maps
+
+    b = baseline_maps(3, (7, 7), 28, seed=5)
+    assert set(b) == {"random", "centre"} and b["random"].shape == b["centre"].shape == (3, 28, 28)
+    # random maps are drawn on the explainer's grid, then upsampled like the explanations
+    coarse = torch.nn.functional.interpolate(random_maps(3, (7, 7), seed=5)[:, None], size=(28, 28),
+                                             mode="bilinear", align_corners=False)[:, 0]
+    assert torch.allclose(b["random"], coarse)
+    centre = b["centre"][0]
+    peak = divmod(int(centre.argmax()), 28)
+    assert peak in {(13, 13), (13, 14), (14, 13), (14, 14)}  # the centre pixel(s) of an even side
