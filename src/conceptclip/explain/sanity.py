@@ -33,6 +33,7 @@ from conceptclip.metrics.map_similarity import map_rank_correlation, map_ssim, m
 SANITY_THRESHOLD = 0.5  # ours: mean Spearman rank correlation at or above which a check fails
 SanityTest = Literal["parameter_randomisation", "data_randomisation"]
 
+EXPLAINER_NAMES = {"gradcam": "Grad-CAM", "similarity": "Image–prompt similarity", "chefer": "Chefer relevance"}
 _PLAIN = {
     "parameter_randomisation": "when the model's learned parameters are replaced by random values",
     "data_randomisation": "when the model is trained on randomly permuted labels",
@@ -61,13 +62,14 @@ class SanityCheck:
     def message(self) -> str:
         """One plain sentence for the page, the overlay and the command line."""
         what = _PLAIN[self.test]
+        name = EXPLAINER_NAMES.get(self.explainer, self.explainer)
         if not self.applicable:
-            return (f"{self.explainer} maps could not be checked {what} (the maps are constant); "
+            return (f"{name} maps could not be checked {what} (the maps are constant); "
                     "do not read them as an explanation.")
         if self.passed:
-            return (f"{self.explainer} maps pass the sanity check: they change {what} "
+            return (f"{name} maps pass the sanity check: they change {what} "
                     f"(rank correlation {self.spearman:.2f}, SSIM {self.ssim:.2f}).")
-        return (f"{self.explainer} maps FAIL the sanity check: they barely change {what} "
+        return (f"{name} maps FAIL the sanity check: they barely change {what} "
                 f"(rank correlation {self.spearman:.2f}, SSIM {self.ssim:.2f}), so they show what the "
                 "frozen image encoder looks at, not why this model decided. Do not read them as an explanation.")
 

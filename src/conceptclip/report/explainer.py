@@ -71,6 +71,11 @@ def load_concepts(bank: str | Path | None, config: dict[str, Any], template: str
     return ConceptSet(names, [tpl.format(n) for n in names], f"{loaded.name} ({loaded.content_hash[:19]})", by_class)
 
 
+CONCEPT_MAP_NOTE = {"test": "none", "applicable": False, "passed": False,
+                    "message": "Not a sanity-checked explanation of this model: the map compares the frozen image "
+                               "encoder's patches with the concept prompt; nothing the model learned enters it."}
+
+
 @dataclass
 class HeatMap:
     name: str
@@ -207,7 +212,7 @@ class RunExplainer:
                 if concept_maps is not None:
                     top = int(order[0])
                     heat.append(HeatMap("concept", f"concept similarity · {names[top]}",
-                                        overlay(shown, concept_maps[i, top], self.alpha)))
+                                        overlay(shown, concept_maps[i, top], self.alpha), [CONCEPT_MAP_NOTE]))
             probs_d = {n: float(v) for n, v in zip(self.classnames, p)}
             text = self._rationale(c, probs_d, ranked, rationales[i] if rationales else None)
             results.append(ImageExplanation(c, probs_d, ranked, kind if ranked else "", heat, text, shown))
