@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conceptclip.data import from_csv, load_dataset
+from conceptclip.data import fewshot_split, from_csv, holdout_split, load_dataset
 from conceptclip.data.dataset import read_class_list, sidecar_classes
 from conceptclip.errors import DataError
 
@@ -133,6 +133,8 @@ def test_labels_column_is_multilabel(image_folder):
     ds = from_csv(path)
     assert ds.multilabel and ds.classnames == ["cat", "dog", "fish"]
     assert [s.labels for s in ds.samples] == [(0, 1), (1,), (0,), (0, 2), (2,), (1, 2)]
+    with pytest.raises(DataError, match=r"multi-label: train on the whole pool \(--shots 0"):
+        fewshot_split(ds, holdout_split(ds), 2, seed=1)
     # indices work in multi-label manifests too, against a class list
     idx = _manifest(image_folder, "image,labels\n" + _rows(["0;1", "1", "2;0"]), "idx.csv")
     assert [s.labels for s in load_dataset(idx, classes="cat,dog,fish").samples] == [(0, 1), (1,), (0, 2)]
@@ -193,3 +195,16 @@ def test_multilabel_csv_trains_and_evaluates_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     ev = json.loads(out.read_text())
     assert ev["n"] == 24 and set(ev["auc_per_class"]) == {"circle", "square", "triangle"}
+    # the documented index form through the CLI: `--classes` names what the indices index
+    names = ["circle", "square", "triangle"]
+    text = manifest.read_text().splitlines()
+    idx = manifest.with_name("idx.csv")
+    idx.write_text("\n".join([text[0]] + [r.split(",")[0] + "," + ";".join(str(names.index(n)) for n in
+                                                                           r.split(",")[1].split(";"))
+                                         for r in text[1:]]) + "\n")
+    res = CliRunner().invoke(app, ["eval", str(run), "--dataset", str(idx), "--classes", ",".join(names),
+                                   "--out", str(tmp_path / "idx.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "idx.json").read_text()) == ev
+    res = CliRunner().invoke(app, ["eval", str(run), "--dataset", str(idx), "--classes", "square,circle,triangle"])
+    assert res.exit_code != 0 and "differ from the run's" in str(res.exception)
