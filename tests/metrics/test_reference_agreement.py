@@ -281,9 +281,10 @@ def test_ece_bin_edge_convention_differs_from_torchmetrics_only_on_edges():
 
 # ---------------------------------------------------------------- insertion / deletion vs RISE
 def test_rise_kernel_and_blur_match_scipy():
-    k1 = rise_kernel1d(11, 5.0)
-    _record("faithfulness.rise_kernel1d (outer)", "scipy gaussian_filter of an impulse (RISE gkern)",
-            torch.outer(k1, k1).numpy(), rise_kernel(11, 5.0))
+    for klen, sig in ((11, 5.0), (5, 5.0), (7, 1.5), (3, 1.0), (21, 2.0)):  # (5, 5): another repo's choice
+        k1 = rise_kernel1d(klen, sig)
+        _record("faithfulness.rise_kernel1d (outer)", "scipy gaussian_filter of an impulse (RISE gkern)",
+                torch.outer(k1, k1).numpy(), rise_kernel(klen, sig))
     rng = np.random.default_rng(0)
     img = rng.random((3, 13, 17))
     _record("gaussian_blur (blur='rise')", "RISE conv2d(gkern, padding=5)",
