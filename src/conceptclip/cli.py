@@ -14,8 +14,10 @@ from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from conceptclip.errors import ConceptClipError, ConfigError
+from conceptclip.threads import THREADS_HELP, set_threads
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -65,15 +67,38 @@ def align(
     dataset: str = typer.Option("ph2", help="'ph2', a class-folder directory, a .csv or .json manifest"),
     out: Path = typer.Option(Path("lite_heads.safetensors"), help="where to write the aligned heads"),
     epochs: int = typer.Option(300, help="training epochs of the heads"),
-    split: Optional[Path] = typer.Option(None, help="split manifest whose 'train' part is used (default: holdout train pool)"),
+    split: Optional[Path] = typer.Option(None, help="split manifest whose --part is used (default: holdout train pool)"),
+    part: str = typer.Option("train", help="the part of --split to align on (e.g. 'align' of a pools file)"),
+    disjoint_from: Optional[Path] = typer.Option(
+        None, help="align on the images in NO part of this split manifest, so the heads never saw its "
+                   "train, val or test images or their labels (an honest zero-shot on that split)"),
 ) -> None:
-    """Align the `lite` backbone's projection heads contrastively on image-caption pairs."""
+    """Align the `lite` backbone's projection heads contrastively on image-caption pairs.
+
+    Images without a caption are captioned with their class name ("a photo of a {class}."): heads
+    aligned on a labelled part are then trained on those labels, and a `zeroshot` run on them is
+    not zero-shot on that data. Use --disjoint-from SPLIT (or another dataset) for heads that never
+    saw the evaluated split."""
     from conceptclip.backbones.align import AlignConfig, align as run_align
+    from conceptclip.data import Split
 
     ds = _dataset(dataset)
-    sp = _split(ds, split, 0, 0)
+    if disjoint_from is not None:
+        if split is not None:
+            raise ConfigError("align: give --split (align on one of its parts) or --disjoint-from (align on the "
+                              "images in none of its parts), not both")
+        used = {i for ids in Split.load(disjoint_from).parts.values() for i in ids}
+        ids = [s.id for s in ds.samples if s.id not in used]
+        if not ids:
+            raise ConfigError(f"align --disjoint-from {disjoint_from}: every image of {ds.name!r} is in a part of "
+                              "that split; nothing is left to align on")
+    else:
+        sp = _split(ds, split, 0, 0)
+        if part not in sp.parts:
+            raise ConfigError(f"align --part {part!r}: the split has parts {sorted(sp.parts)}")
+        ids = sp.parts[part]
     backbone = _lite_unaligned()
-    summary = run_align(backbone, ds, sp.parts["train"], out, AlignConfig(epochs=epochs))
+    summary = run_align(backbone, ds, ids, out, AlignConfig(epochs=epochs))
     console.print(f"aligned on {summary['pairs']} pairs ({summary['unique_captions']} distinct captions): "
                   f"loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}; heads in {out}")
     typer.echo(json.dumps(summary))
@@ -100,11 +125,16 @@ def train(
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
     overwrite: bool = typer.Option(False, help="replace an existing results folder"),
+    threads: int = typer.Option(-1, help=THREADS_HELP),
 ) -> None:
-    """Train a method on a split and evaluate it once on the test part."""
+    """Train a method on a split and evaluate it once on the test part.
+
+    The final epoch is tested (the few-shot papers' protocol); `--train select=val` keeps the epoch
+    with the best validation metric instead. The kept epoch and the reason are printed."""
     from conceptclip.backbones import create_backbone
     from conceptclip.engine import run_experiment
 
+    set_threads(threads)
     ds = _dataset(dataset)
     sp = _split(ds, split, shots, seed, base2novel)
     tcfg = {"seed": seed, **parse_options(train_option, "--train")}
@@ -113,6 +143,7 @@ def train(
     bb = create_backbone(backbone, device=_device(device))
     metrics = run_experiment(method, ds, sp, bb, out, method_config=parse_options(option, "--set"),
                              train_config=tcfg, overwrite=overwrite, resume=resume)
+    _print_selection(metrics)
     _print_metrics({method: metrics})
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k.startswith("test") or k == "harmonic_mean"}))
 
@@ -154,14 +185,19 @@ def demo(
     seeds: List[int] = typer.Option([1, 2, 3], help="seeds (repeat the option)"),
     epochs: int = typer.Option(50, help="CoOp training epochs"),
     align_epochs: int = typer.Option(300, help="alignment epochs of the lite heads"),
+    align_on: str = typer.Option(
+        "train", help="'train': align lite on the labelled train pool (so 'zeroshot' has seen those labels); "
+                      "'disjoint': on a 20% PH2 pool that no train/val/test part holds (smaller test pool)"),
     overwrite: bool = typer.Option(False, help="replace an existing demo folder"),
+    threads: int = typer.Option(-1, help=THREADS_HELP),
 ) -> None:
     """The main job on the embedded default data and model: align `lite` on the PH2 training pool, train
     CoOp few-shot, and compare zero-shot, linear probe and CoOp on the held-out PH2 test split."""
     from conceptclip.demo import run_demo
 
+    set_threads(threads)
     summary = run_demo(out, shots=shots, seeds=seeds, epochs=epochs, align_epochs=align_epochs, overwrite=overwrite,
-                       log=console.print)
+                       align_on=align_on, log=lambda s: console.print(s, markup=False, highlight=False))
     _print_summary(summary)
 
 
@@ -191,6 +227,13 @@ def _device(device: Optional[str]) -> str:
     return device
 
 
+def _print_selection(metrics: dict) -> None:
+    """Which epoch's weights were tested, and why (see TrainConfig.select)."""
+    sel = metrics.get("selection") or {}
+    if sel.get("epoch") is not None:
+        console.print(f"tested epoch {sel['epoch']}: {sel['reason']}", markup=False, highlight=False)
+
+
 def _print_metrics(results: dict[str, dict]) -> None:
     from rich.table import Table
 
@@ -214,6 +257,8 @@ def _print_summary(summary: dict) -> None:
     for name, row in summary["methods"].items():
         table.add_row(name, *(f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in ("auc_melanoma", "accuracy", "auc_macro")))
     console.print(table)
+    for note in summary.get("notes", []):
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
     console.print(f"demo finished in {summary['seconds']:.0f} s; results in {summary['out']}")
 
 
@@ -237,11 +282,19 @@ def _mount_optional() -> None:
 _mount_optional()
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line, `warning: MESSAGE` (no file path, no source line)."""
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def main() -> None:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     try:
         app(standalone_mode=False)
     except ConceptClipError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Exit, SystemExit) as exc:
         raise exc

@@ -26,6 +26,7 @@ from conceptclip.data.splits import Split, write_split
 from conceptclip.engine.config import TrainConfig
 from conceptclip.engine.data import build_parts
 from conceptclip.engine.evaluate import classification_metrics, predict
+from conceptclip.engine.files import bundle_files, record_file
 from conceptclip.engine.trainer import fit, make_fabric, seed_everything
 from conceptclip.errors import ConfigError
 from conceptclip.io import save_tensors, write_json, write_text
@@ -68,11 +69,16 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
                            multilabel=dataset.multilabel, dataset=dataset, **method_kwargs)
     cfg = TrainConfig.from_dict({**method.train_defaults, **(train_config or {})})
     backbone_spec = backbone.name
+    # a self-contained folder: files named by the method's options and the aligned lite heads are
+    # copied into it, with their sha256 (engine.files)
+    described = method.describe()
+    described["config"], files = bundle_files(described.get("config", {}), out)
     heads = getattr(backbone, "heads_path", None)
-    if heads:  # keep the run self-contained: the aligned lite heads travel with it
+    if heads:
         shutil.copyfile(heads, out / "lite_heads.safetensors")
         backbone_spec = "lite:lite_heads.safetensors"
-    config = {"method": method.describe(), "train": dataclasses.asdict(cfg), "backbone": backbone_spec,
+        files["backbone"] = record_file(out, "lite_heads.safetensors", heads)
+    config = {"method": described, "train": dataclasses.asdict(cfg), "backbone": backbone_spec, "files": files,
               "classnames": list(classnames), "template": dataset.template, "multilabel": dataset.multilabel,
               "backbone_weights": backbone.weights_id(), "dataset": dataset.name,
               "dataset_fingerprint": dataset.fingerprint(), "split_sha256": split.sha256(), "split_kind": split.kind,
@@ -89,6 +95,7 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
 
     metrics: dict[str, Any] = {"method": method_name, "fit_seconds": round(result.seconds, 3),
                                "best_epoch": result.best_epoch, "val_score": result.best_score,
+                               "selection": result.selection,
                                "closed_form": result.closed_form, "resumed_from_epoch": result.resumed_from}
     rows = ["part,id,label," + ",".join(f"p_{c.replace(',', ' ')}" for c in method.classnames)]
     for name in [p for p in split.parts if p.startswith("test")]:

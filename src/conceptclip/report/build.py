@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from conceptclip.engine.files import check_files
 from conceptclip.errors import ConceptClipError, ConfigError
 from conceptclip.report.runs import (
     SUMMARY_METRICS,
@@ -329,6 +330,7 @@ def run_row(r: RunRecord) -> dict[str, Any]:
             "backbone": cfg.get("backbone", "?"), "weights": cfg.get("backbone_weights", "?"),
             "fit": f"{m['fit_seconds']:.1f}" if isinstance(m.get("fit_seconds"), (int, float)) else "",
             "best_epoch": m.get("best_epoch", "") if m.get("best_epoch") is not None else "",
+            "problems": check_files(r.path, cfg),
             "config": json.dumps(cfg, indent=2, ensure_ascii=False)}
 
 
@@ -350,6 +352,9 @@ def build_report(paths: Sequence[str | Path], out: str | Path, *, dataset: str |
     if not groups:
         raise ConfigError("report: none of the runs found has finished (no metrics.json); nothing to report")
     log(f"{len(runs)} run folder(s), {len(groups)} group(s)")
+    for r in runs:
+        for problem in check_files(r.path, r.config):
+            log(f"warning: {_rel(r.path)} is incomplete: {problem}")
     datasets = _Datasets(dataset)
     backbones: dict[str, Any] = {}
     concept_cache: dict[str, Any] = {}
