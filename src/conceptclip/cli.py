@@ -197,7 +197,7 @@ def demo(
 
     set_threads(threads)
     summary = run_demo(out, shots=shots, seeds=seeds, epochs=epochs, align_epochs=align_epochs, overwrite=overwrite,
-                       align_on=align_on, log=lambda s: console.print(s, markup=False, highlight=False))
+                       align_on=align_on, log=lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
     _print_summary(summary)
 
 
@@ -231,7 +231,7 @@ def _print_selection(metrics: dict) -> None:
     """Which epoch's weights were tested, and why (see TrainConfig.select)."""
     sel = metrics.get("selection") or {}
     if sel.get("epoch") is not None:
-        console.print(f"tested epoch {sel['epoch']}: {sel['reason']}", markup=False, highlight=False)
+        console.print(f"tested epoch {sel['epoch']}: {sel['reason']}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_metrics(results: dict[str, dict]) -> None:

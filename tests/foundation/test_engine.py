@@ -70,7 +70,7 @@ def test_fit_tests_the_final_epoch_by_default(tiny_clip):
     scores = [r["val_accuracy"] for r in result.history]
     assert len(scores) == 6  # validation is still logged every epoch
     assert result.best_epoch == 5 and result.selection["epoch"] == 5
-    assert "select=last: the final epoch 5 of 6" in result.selection["reason"]
+    assert "select=last: the final epoch of 6 (0-based 5)" in result.selection["reason"]
     for k, v in coop.learned_state().items():
         assert torch.equal(v, snapshots[-1][k])
     assert not all(torch.equal(v, snapshots[0][k]) for k, v in coop.learned_state().items())

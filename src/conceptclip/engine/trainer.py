@@ -47,8 +47,8 @@ def selection_record(cfg: TrainConfig, epoch: int | None, score: float | None, e
     if epoch is None:
         return {"select": cfg.select, "epoch": None, "reason": "no training epochs (closed form or epochs=0)"}
     if cfg.select == "last":
-        reason = (f"select=last: the final epoch {epoch} of {epochs_run} (epochs 0-{epochs_run - 1}), as the "
-                  "few-shot papers test; --train select=val keeps the best validation epoch instead")
+        reason = (f"select=last: the final epoch of {epochs_run} (0-based {epoch}), as the few-shot papers test; "
+                  "--train select=val keeps the best validation epoch instead")
     else:
         shown = "n/a" if score is None else f"{score:.4f}"
         reason = (f"select=val: epoch {epoch} had the best validation {cfg.select_metric} ({shown}; ties: the "

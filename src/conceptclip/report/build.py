@@ -107,6 +107,12 @@ def _pct(mean: float, std: float) -> str:
     return format_mean_std(mean, std, scale=100.0, digits=1)
 
 
+def replicate_names(runs: Sequence[RunRecord]) -> dict[Path, str]:
+    """Finished run path -> the name its row gets in the few-shot and base-to-novel tables: the
+    method, plus what sets its configuration apart ("coop (epochs=20)"), so only replicates pool."""
+    return {r.path: g.method + (f" ({g.differs})" if g.differs else "") for g in group_runs(runs) for r in g.runs}
+
+
 def fewshot_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict[str, Any] | None:
     """Few-shot curve + table: the bench layer's fewshot.csv when present, else the finished
     few-shot runs when they cover at least two values of K for some method."""
@@ -119,7 +125,8 @@ def fewshot_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict[st
         summary = [r for t in tables for r in _read_csv(t)]
         source = "From the bench table(s) " + ", ".join(_rel(t) for t in tables) + "."
     else:
-        records = [{"method": r.method, "shots": r.shots, **{m: (r.metrics or {}).get("test", {}).get(m)
+        names = replicate_names(runs)
+        records = [{"method": names[r.path], "shots": r.shots, **{m: (r.metrics or {}).get("test", {}).get(m)
                                                                 for m in ("accuracy", "balanced_accuracy", "f1_macro",
                                                                           "auc_macro")}}
                    for r in runs if r.finished and r.split_kind == "fewshot" and "test" in (r.metrics or {})]
@@ -153,7 +160,8 @@ def base2novel_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict
         summary = [r for t in tables for r in _read_csv(t)]
         source = "From the bench table(s) " + ", ".join(_rel(t) for t in tables) + "."
     else:
-        records = [{"method": r.method, "shots": r.shots,
+        names = replicate_names(runs)
+        records = [{"method": names[r.path], "shots": r.shots,
                     "base_accuracy": r.metrics["test_base"]["accuracy"],
                     "novel_accuracy": r.metrics["test_novel"]["accuracy"],
                     "harmonic_mean": r.metrics.get("harmonic_mean", 0.0)}

@@ -21,6 +21,25 @@ import numpy as np
 from conceptclip.errors import ConfigError
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc_macro", "f1_macro", "ece")
+# config keys that differ between replicates (runs that differ only in their seed) or do not change
+# the result: the seed, the split drawn with it, where files came from, progress display and workers
+NOT_CONFIG = ("train.seed", "train.progress", "train.num_workers", "split_params.seed", "split_sha256",
+              "method.trainable_parameters")
+NOT_CONFIG_SUFFIXES = (".source", ".path")  # of "files" records: the sha256 names the content
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts -> {"a.b.c": JSON of the leaf}; lists are leaves."""
+    if isinstance(value, dict) and value:
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: json.dumps(value, sort_keys=True, ensure_ascii=False)}
+
+
+def _not_config(key: str) -> bool:
+    return key in NOT_CONFIG or (key.startswith("files.") and key.endswith(NOT_CONFIG_SUFFIXES))
 MAX_DEPTH = 6  # how deep below a given folder runs are searched
 
 
@@ -74,9 +93,15 @@ class RunRecord:
         return hashlib.sha256(cfg.encode()).hexdigest()[:6]
 
     @property
+    def replicate_config(self) -> dict[str, str]:
+        """The run's whole configuration, flattened to "dotted.key" -> JSON value, less what differs
+        between replicates of one experiment (the seed and what derives from it; see NOT_CONFIG)."""
+        flat = flatten(self.config)
+        return {k: v for k, v in flat.items() if not _not_config(k)}
+
+    @property
     def group_key(self) -> tuple:
-        return (self.method, self.method_config_id, str(self.config.get("dataset")), self.split_kind, self.shots,
-                str(self.config.get("backbone_weights", self.config.get("backbone"))))
+        return (self.method, json.dumps(self.replicate_config, sort_keys=True))
 
     def test_parts(self) -> list[str]:
         return [k for k in (self.metrics or {}) if k.startswith("test") and isinstance(self.metrics[k], dict)]
@@ -179,19 +204,24 @@ def format_mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 3
 
 @dataclass
 class RunGroup:
-    """Finished runs that differ only in their seed."""
+    """Finished runs that differ only in their seed (replicates of one configuration)."""
 
     key: tuple
     runs: list[RunRecord]
+    differs: str = ""  # what sets this group apart from others of the same method, split and K
 
     @property
     def method(self) -> str:
         return self.runs[0].method
 
     @property
-    def label(self) -> str:
+    def base_label(self) -> str:
         shots = self.runs[0].shots
         return f"{self.method} · {self.runs[0].split_kind} · K={shots if shots else 'all'}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.base_label} · {self.differs}" if self.differs else self.base_label
 
     @property
     def seeds(self) -> list[int | None]:
@@ -213,12 +243,50 @@ class RunGroup:
         return out
 
 
+def _short(key: str, value: str, limit: int = 40) -> str:
+    name = key.rsplit(".", 1)[-1] if not key.startswith("files.") else key.split(".")[1] + " file"
+    if key.startswith("files."):
+        value = value.strip('"')[:8]
+    elif len(value) > limit:
+        value = value[:limit - 1] + "…"
+    return f"{name}={value}"
+
+
 def group_runs(runs: Sequence[RunRecord]) -> list[RunGroup]:
-    """Finished runs grouped by (method, method config, dataset, split kind, shots, backbone), in
-    first-seen order; each group's runs sorted by seed."""
-    groups: dict[tuple, list[RunRecord]] = {}
+    """Finished runs grouped by their full configuration (less the seed, see `NOT_CONFIG`), in
+    first-seen order, each group's runs sorted by seed. Runs of one configuration with the same seed
+    are not replicates: each repeat opens another group ("copy 2", ...). Groups that would share a
+    label (method, split, K) are labelled by the config keys whose values differ among them."""
+    by_key: dict[tuple, list[list[RunRecord]]] = {}
     for r in runs:
-        if r.finished:
-            groups.setdefault(r.group_key, []).append(r)
-    return [RunGroup(k, sorted(v, key=lambda r: (r.seed is None, r.seed or 0, str(r.path))))
-            for k, v in groups.items()]
+        if not r.finished:
+            continue
+        copies = by_key.setdefault(r.group_key, [[]])
+        for copy in copies:  # the first copy of this configuration that lacks this seed
+            if all(o.seed != r.seed for o in copy):
+                copy.append(r)
+                break
+        else:
+            copies.append([r])
+    groups = [RunGroup(k + (i,), sorted(v, key=lambda r: (r.seed is None, r.seed or 0, str(r.path))))
+              for k, copies in by_key.items() for i, v in enumerate(copies)]
+    by_label: dict[str, list[RunGroup]] = {}
+    for g in groups:
+        by_label.setdefault(g.base_label, []).append(g)
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        configs = [g.runs[0].replicate_config for g in same]
+        keys = sorted({k for c in configs for k in c})
+        differ = [k for k in keys if len({c.get(k, "–") for c in configs}) > 1]
+        # the method's own options first, then training, then the rest
+        differ.sort(key=lambda k: (not k.startswith("method.config."), not k.startswith("train."), k))
+        for g, c in zip(same, configs):
+            g.differs = ", ".join(_short(k, c.get(k, "–")) for k in differ[:4]) + (
+                f" (+{len(differ) - 4} more)" if len(differ) > 4 else "")
+        copies: dict[str, int] = {}
+        for g in same:
+            n = copies[g.label] = copies.get(g.label, 0) + 1
+            if n > 1:
+                g.differs = f"{g.differs}, copy {n}" if g.differs else f"copy {n}"
+    return groups
