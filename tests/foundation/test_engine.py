@@ -147,8 +147,12 @@ def test_run_experiment_results_folder_and_reload(image_folder, tiny_clip, tmp_p
 
     part = build_part(ds, split.parts["test"], method.inputs, method.backbone, FeatureCache())
     probs = predict(method, part)
-    rows = [line.split(",") for line in (out / "predictions.csv").read_text().splitlines()[1:]]
+    header, *lines = (out / "predictions.csv").read_text().splitlines()
+    rows = [line.split(",") for line in lines]
     assert torch.allclose(probs, torch.tensor([[float(v) for v in r[3:]] for r in rows]), atol=1e-5)
+    # the label is the class name, spelt as its probability column
+    assert header == "part,id,label,p_cat,p_dog,p_fish"
+    assert [r[2] for r in rows] == [CLASSES[int(part.labels[i])] for i in range(len(rows))]
     shared: dict = {}  # runs on the same backbone weights share one loaded backbone
     first, second = load_run(out, backbones=shared)[0], load_run(out, backbones=shared)[0]
     assert first.backbone is second.backbone and len(shared) == 1 and first.backbone is not method.backbone

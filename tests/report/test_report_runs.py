@@ -134,6 +134,18 @@ def test_read_predictions_single_multilabel_and_novel(tmp_path):
     ml = read_predictions(m, ["a", "b", "c"], {}, True)["test"]
     np.testing.assert_array_equal(ml.labels, [[1, 0, 1], [0, 0, 0]])
     assert read_predictions(tmp_path / "none.csv", [], {}, False) == {}
+    # labels as class names, spelt as the p_<class> headers (quoted where a name holds a comma)
+    n = tmp_path / "n.csv"
+    n.write_text('part,id,label,p_a,"p_b, c",p_10\ntest,x1,"b, c",0.1,0.8,0.1\ntest,x2,10,0.1,0.1,0.8\n')
+    named = read_predictions(n, ["a", "b, c", "10"], {}, False)["test"]
+    np.testing.assert_array_equal(named.labels, [1, 2])
+    nm = tmp_path / "nm.csv"
+    nm.write_text("part,id,label,p_a,p_b,p_c\ntest,x1,a;c,0.9,0.1,0.8\ntest,x2,,0.1,0.2,0.3\n")
+    np.testing.assert_array_equal(read_predictions(nm, ["a", "b", "c"], {}, True)["test"].labels, [[1, 0, 1], [0, 0, 0]])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("part,id,label,p_a,p_b\ntest,x1,zebra,0.5,0.5\n")
+    with pytest.raises(ConfigError, match="label 'zebra' is not one of the classes"):
+        read_predictions(bad, ["a", "b"], {}, False)
 
 
 def test_select_ids_takes_classes_in_turn():

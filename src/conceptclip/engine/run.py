@@ -6,7 +6,7 @@
       checkpoint.safetensors   resumable training state (after every epoch)
       model.safetensors  the selected learned state
       history.jsonl      one line per epoch (loss terms, lr, validation metric)
-      predictions.csv    per test image: id, true label, probabilities
+      predictions.csv    per test image: part, id, true label (class name), p_<class> (engine.predictions)
       metrics.json       test metrics (written last: its presence marks a finished run)
 """
 
@@ -27,6 +27,7 @@ from conceptclip.engine.config import TrainConfig
 from conceptclip.engine.data import build_parts
 from conceptclip.engine.evaluate import classification_metrics, predict
 from conceptclip.engine.files import bundle_files, record_file
+from conceptclip.engine.predictions import labelled_rows, write_labelled
 from conceptclip.engine.trainer import fit, make_fabric, seed_everything
 from conceptclip.errors import ConfigError
 from conceptclip.io import save_tensors, write_json, write_text
@@ -97,7 +98,7 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
                                "best_epoch": result.best_epoch, "val_score": result.best_score,
                                "selection": result.selection,
                                "closed_form": result.closed_form, "resumed_from_epoch": result.resumed_from}
-    rows = ["part,id,label," + ",".join(f"p_{c.replace(',', ' ')}" for c in method.classnames)]
+    rows: list[list[str]] = []
     for name in [p for p in split.parts if p.startswith("test")]:
         part = parts[name]
         if name == "test_novel":  # novel classes: a fresh method head over the novel class names
@@ -113,13 +114,11 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
             probs = predict(method, part, device=fabric.device)
             labels, names = part.labels, method.classnames
         metrics[name] = classification_metrics(probs, labels, names, dataset.multilabel)
-        for i, sid in enumerate(part.ids):
-            lab = labels[i].tolist()
-            rows.append(f"{name},{sid},{json.dumps(lab).replace(',', ';')}," + ",".join(f"{p:.6f}" for p in probs[i].tolist()))
+        rows += labelled_rows(name, part.ids, labels, probs, names, dataset.multilabel)
     if "test_base" in metrics and "test_novel" in metrics:
         b, n = metrics["test_base"]["accuracy"], metrics["test_novel"]["accuracy"]
         metrics["harmonic_mean"] = 2 * b * n / (b + n) if b + n > 0 else 0.0
-    write_text(out / "predictions.csv", "\n".join(rows) + "\n")
+    write_labelled(out / "predictions.csv", method.classnames, rows)
     write_json(out / "metrics.json", metrics)
     return metrics
 

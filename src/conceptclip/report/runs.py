@@ -161,7 +161,8 @@ def find_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
 
 def read_predictions(path: Path, classnames: list[str], split_classes: dict[str, list[str]],
                      multilabel: bool) -> dict[str, PartPredictions]:
-    """Parse predictions.csv (`part,id,label,p_<class>...`; multi-label labels are `[i; j]`)."""
+    """Parse predictions.csv (`part,id,label,p_<class>...`, see `engine.predictions`): labels are
+    class names (multi-label: ";"-joined), or class indices in files written before (`[i; j]`)."""
     if not path.is_file():
         return {}
     rows: dict[str, list[list[str]]] = {}
@@ -177,13 +178,25 @@ def read_predictions(path: Path, classnames: list[str], split_classes: dict[str,
         probs = np.array([[float(x) for x in r[3:]] for r in prow], dtype=np.float64)
         if names and probs.shape[1] != len(names):
             names = [f"class {i}" for i in range(probs.shape[1])]
+        index = {n: i for i, n in enumerate(names)}
+
+        def indices(text: str) -> list[int]:
+            parts = [p for p in (text.split(";") if multilabel else [text]) if p != ""]
+            if all(p in index for p in parts):
+                return [index[p] for p in parts]
+            try:  # files written before labels were names: class indices, "2" or "[0; 2]"
+                got = json.loads(text.replace(";", ","))
+                return [int(j) for j in (got if isinstance(got, list) else [got])]
+            except (json.JSONDecodeError, TypeError, ValueError):
+                raise ConfigError(f"{path}: label {text!r} is not one of the classes {names}") from None
+
         if multilabel:
             labels = np.zeros_like(probs, dtype=np.int64)
             for i, r in enumerate(prow):
-                for j in json.loads(r[2].replace(";", ",")):
-                    labels[i, int(j)] = 1
+                for j in indices(r[2]):
+                    labels[i, j] = 1
         else:
-            labels = np.array([int(json.loads(r[2])) for r in prow], dtype=np.int64)
+            labels = np.array([indices(r[2])[0] for r in prow], dtype=np.int64)
         out[part] = PartPredictions([r[1] for r in prow], labels, probs, list(names))
     return out
 
