@@ -155,6 +155,9 @@ def evaluate(
     part: str = typer.Option("all", help="'all' images, or a part of --split"),
     split: Optional[Path] = typer.Option(None, help="split manifest naming the part"),
     out: Optional[Path] = typer.Option(None, help="write the metrics JSON here"),
+    predictions: Optional[Path] = typer.Option(
+        None, help="write per-image predictions (CSV: part,id,label,p_<class>...) here; default with --out: "
+                   "OUT's name with .predictions.csv"),
 ) -> None:
     """Evaluate a trained run on a (new) labelled dataset."""
     from conceptclip.data import FeatureCache, Split
@@ -171,11 +174,41 @@ def evaluate(
     if ids is None:
         raise ConfigError(f"--part {part!r} needs --split FILE")
     p = build_part(ds, ids, method.inputs, method.backbone, FeatureCache())
-    metrics = classification_metrics(predict(method, p), p.labels, method.classnames, ds.multilabel)
+    probs = predict(method, p)
+    metrics = classification_metrics(probs, p.labels, method.classnames, ds.multilabel)
     if out:
         write_json(out, metrics)
+    if predictions is None and out is not None:
+        predictions = out.with_name(out.stem + ".predictions.csv")
+    if predictions is not None:
+        from conceptclip.engine.predictions import labelled_rows, write_labelled
+
+        write_labelled(predictions, method.classnames,
+                       labelled_rows(part, p.ids, p.labels, probs, method.classnames, ds.multilabel))
+        console.print(f"per-image predictions: {predictions}", markup=False, highlight=False, soft_wrap=True)
     _print_metrics({cfg["method"]["method"]: {"test": metrics}})
     typer.echo(json.dumps(metrics))
+
+
+@app.command("predict", context_settings={"allow_interspersed_args": True})
+def predict_command(
+    run: Path = typer.Argument(..., help="a finished results folder"),
+    images: List[Path] = typer.Argument(..., help="image files or folders of images (unlabelled)"),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="the CSV to write"),
+    concepts: Optional[str] = typer.Option(
+        None, "--concepts", help="concept bank (JSON file or shared-bank name) to score; default: the shared bank "
+                                 "named like the run's dataset, if any"),
+    concept_template: Optional[str] = typer.Option(None, help="prompt of a concept, e.g. 'an image showing {}'"),
+    batch_size: int = typer.Option(16, help="images per forward pass"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda"),
+) -> None:
+    """Predict unlabelled images with a trained run: one CSV row per image with the predicted class, the class
+    probabilities (p_<class>) and the concept scores (c_<concept>)."""
+    from conceptclip.predict import predict_images
+
+    summary = predict_images(run, images, out, bank=concepts, concept_template=concept_template,
+                             batch_size=batch_size, device=device)
+    typer.echo(json.dumps(summary))
 
 
 @app.command()

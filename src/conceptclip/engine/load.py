@@ -18,6 +18,20 @@ def backbone_key(spec: str) -> str:
     return spec
 
 
+def read_config(run: str | Path) -> dict[str, Any]:
+    """A results folder's config.json (CheckpointError naming the folder when it is not one)."""
+    cfg_path = Path(run) / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{run}: not a results folder (config.json missing)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path}: not a valid run config ({type(exc).__name__}: {exc})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: not a valid run config (expected a JSON object)")
+    return cfg
+
+
 def load_run(run: str | Path, device: str | None = None,
              backbones: dict[str, Any] | None = None) -> tuple[Any, dict]:
     """-> (method with its learned state, config dict). Backbone paths and the files the method's
