@@ -443,7 +443,11 @@ def _explained(g: RunGroup, datasets: _Datasets, backbones: dict, concept_cache:
         if part is None:
             out["card_note"] = "No per-image cards: predictions.csv has no test rows."
         elif ds is not None:
-            ids = [i for i in select_ids(preds[part], images) if _has(ds, i)]
+            chosen = select_ids(preds[part], images)
+            ids = [i for i in chosen if _has(ds, i)]
+            if len(ids) < len(chosen):
+                note += (f" {len(chosen) - len(ids)} of the {len(chosen)} chosen test images are not in dataset "
+                         f"{ds.name!r} (pass the --dataset the run was trained on).")
             out["cards"], kind = make_cards(explainer, ds, preds[part], ids)
             if kind == "method":
                 csrc = "concept bars: the method's own concept scores"
