@@ -117,7 +117,8 @@ def test_walkthrough_end_to_end(tmp_path, monkeypatch):
         if m not in ("zeroshot", "coop"):  # the bank travels with the run
             assert cfg["files"]["method.bank"]["path"].startswith("files/"), m
     xcoop = json.loads((runs / "xcoop" / "config.json").read_text())
-    assert all("drawing image with" in p for p in xcoop["method"]["reference_prompts"])
+    refs = " ".join(map(str, xcoop["method"]["reference_prompts"]))
+    assert "dermoscopy" not in refs and "round outline" in refs  # the page's bank, not PH2's
     assert Path("runs/shapes/coop_all.predictions.csv").read_text().startswith("part,id,label,p_circle,")
     header = Path("shapes/predictions.csv").read_text().splitlines()[0]
     assert header.startswith("image,prediction,p_circle,p_square,p_triangle,c_a round outline,")
