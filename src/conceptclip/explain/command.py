@@ -126,6 +126,29 @@ def load_data_twin(run_dir: str | Path, device: str | None = None) -> Any:
     if not (twin_dir / "metrics.json").is_file():
         return None
     return load_run(twin_dir, device)[0]
+def remove_previous(out: Path) -> list[str]:
+    """Delete what an earlier `explain` wrote to `out` (the overlays its scores.json lists,
+    maps.safetensors, scores.json), so no stale overlay of another image or explainer is left
+    beside the new ones; files it did not write stay. Returns the names removed."""
+    import json
+
+    scores = out / "scores.json"
+    if not scores.is_file():
+        return []
+    try:
+        doc = json.loads(scores.read_text(encoding="utf-8"))
+        names = [f for r in doc.get("images", []) for f in (r.get("overlays") or {}).values()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+        names = []
+    removed = []
+    for name in [*names, "maps.safetensors", "scores.json"]:
+        if not isinstance(name, str) or Path(name).name != name:  # only plain file names inside `out`
+            continue
+        path = out / name
+        if path.is_file():
+            path.unlink()
+            removed.append(name)
+    return removed
 
 
 def _safe_stem(path: Path) -> str:
@@ -185,6 +208,7 @@ def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_d
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_previous(out)
     forward = method_forward(method)
     raw: dict[str, torch.Tensor] = {}
     records: list[dict[str, Any]] = []

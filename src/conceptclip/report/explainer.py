@@ -218,6 +218,11 @@ class RunExplainer:
             results.append(ImageExplanation(c, probs_d, ranked, kind if ranked else "", heat, text, shown))
         return results
 
+    def concept_scores(self, feats, pixels) -> tuple[torch.Tensor | None, str, list[str]]:
+        """(scores (B, K) or None, kind "method" | "cosine" | "", concept names) of a batch: the
+        method's own concept scores where it has them, else cosines with the bank's concept prompts."""
+        return self._concept_scores(feats, pixels)
+
     def _concept_scores(self, feats, pixels) -> tuple[torch.Tensor | None, str, list[str]]:
         from conceptclip.explain.similarity import concept_scores
 

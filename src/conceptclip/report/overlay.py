@@ -56,6 +56,28 @@ def overlay(image: Image.Image, map2d: torch.Tensor | np.ndarray, alpha: float =
     return Image.blend(base, colorize(map2d, base.size, cmap), alpha)
 
 
+def title_font(size: int = 11):
+    """DejaVu Sans (shipped with matplotlib) at `size` px: its spaces are word-wide, where PIL's
+    built-in bitmap font draws them about a pixel wide ("cat0.50"); PIL's default when absent."""
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def fit_title(draw, title: str, width: int, font) -> str:
+    """`title` cut (with "…") to fit `width` pixels in `font`, spaces kept."""
+    if draw.textlength(title, font=font) <= width:
+        return title
+    while title and draw.textlength(title + "…", font=font) > width:
+        title = title[:-1]
+    return title.rstrip() + "…"
+
+
 def overlay_panel(image: Image.Image, maps: torch.Tensor | np.ndarray, titles: Sequence[str] | None = None,
                   alpha: float = 0.5, cmap: str = "jet", pad: int = 4, title_height: int = 14,
                   banner: str | None = None) -> Image.Image:
@@ -75,12 +97,13 @@ def overlay_panel(image: Image.Image, maps: torch.Tensor | np.ndarray, titles: S
     top = len(lines) * title_height + (pad if lines else 0)
     canvas = Image.new("RGB", (width, top + h + title_height + 2 * pad), "white")
     draw = ImageDraw.Draw(canvas)
+    font = title_font(max(8, title_height - 3))
     for k, line in enumerate(lines):
-        draw.text((pad, pad + k * title_height), line, fill=(180, 0, 0))
+        draw.text((pad, pad + k * title_height), line, fill=(180, 0, 0), font=font)
     for i, (tile, title) in enumerate(tiles):
         x = pad + i * (w + pad)
         canvas.paste(tile, (x, top + pad + title_height))
-        draw.text((x, top + pad), title[: max(4, w // 6)], fill="black")
+        draw.text((x, top + pad), fit_title(draw, title, w, font), fill="black", font=font)
     return canvas
 
 

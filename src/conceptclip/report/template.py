@@ -157,9 +157,9 @@ standard deviation over the group's seeds (0 for one seed). ECE: expected calibr
 <p class="note">Every results folder read, with the sha256 of the split manifest it trained and tested on (split.json) and the
 fingerprint of the dataset (ids, files, labels) at training time.</p>
 <table>
-<tr><th>run</th><th>method</th><th>seed</th><th>split</th><th>split sha256</th><th>dataset (fingerprint)</th><th>backbone (weights)</th><th>fit s</th><th>best epoch</th><th>config</th></tr>
+<tr><th>run</th><th>method</th><th>seed</th><th>split</th><th>split sha256</th><th>dataset (fingerprint)</th><th>backbone (weights)</th><th>fit s</th><th>tested epoch</th><th>config</th></tr>
 {% for r in run_rows %}
-<tr><td class="mono">{{ r.path }}{% if not r.finished %} <span class="warn">(unfinished)</span>{% endif %}</td><td>{{ r.method }}</td><td class="num">{{ r.seed }}</td>
+<tr><td class="mono">{{ r.path }}{% if not r.finished %} <span class="warn">(unfinished)</span>{% endif %}{% for p in r.problems %}<br><span class="warn">incomplete: {{ p }}</span>{% endfor %}</td><td>{{ r.method }}</td><td class="num">{{ r.seed }}</td>
 <td>{{ r.split }}</td><td class="mono" title="{{ r.split_sha }}">{{ r.split_sha[:16] }}{% if r.split_ok is false %} <span class="warn">(split.json differs!)</span>{% endif %}</td>
 <td>{{ r.dataset }} <span class="mono">({{ r.fingerprint }})</span></td><td class="mono">{{ r.backbone }} ({{ r.weights }})</td>
 <td class="num">{{ r.fit }}</td><td class="num">{{ r.best_epoch }}</td>
