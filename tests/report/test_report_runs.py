@@ -216,7 +216,8 @@ def test_fewshot_curve_from_runs_when_no_bench_table(tmp_path):
     assert fewshot_section([tmp_path], find_runs([tmp_path])) is None  # one K only: no curve
     write_run(tmp_path / "k2", "coop", 1, 0.75, shots=2)
     fs = fewshot_section([tmp_path], find_runs([tmp_path]))
-    assert fs["rows"] == [{"method": "coop", "cells": ["50.0 ± 0.0", "75.0 ± 0.0"]}]
+    # mean ± std over seeds, then the bootstrap interval over the runs' test predictions
+    assert fs["rows"] == [{"method": "coop", "cells": ["50.0 ± 0.0 [0, 100]", "75.0 ± 0.0 [0, 100]"]}]
     assert "no bench fewshot.csv" in fs["source"]
     assert fs["plot"].startswith("data:image/png;base64,")
 

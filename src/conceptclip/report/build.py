@@ -109,7 +109,7 @@ def _pct(mean: float, std: float) -> str:
 def fewshot_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict[str, Any] | None:
     """Few-shot curve + table: the bench layer's fewshot.csv when present, else the finished
     few-shot runs when they cover at least two values of K for some method."""
-    from conceptclip.bench.table import fewshot_summary
+    from conceptclip.bench.table import add_confidence_intervals, fewshot_summary, pct_cell
     from conceptclip.report.overlay import png_data_url
     from conceptclip.report.plots import bench_plot_png
 
@@ -118,7 +118,7 @@ def fewshot_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict[st
         summary = [r for t in tables for r in _read_csv(t)]
         source = "From the bench table(s) " + ", ".join(_rel(t) for t in tables) + "."
     else:
-        records = [{"method": r.method, "shots": r.shots, **{m: (r.metrics or {}).get("test", {}).get(m)
+        records = [{"method": r.method, "shots": r.shots, "run": str(r.path), **{m: (r.metrics or {}).get("test", {}).get(m)
                                                                 for m in ("accuracy", "balanced_accuracy", "f1_macro",
                                                                           "auc_macro")}}
                    for r in runs if r.finished and r.split_kind == "fewshot" and "test" in (r.metrics or {})]
@@ -128,14 +128,15 @@ def fewshot_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict[st
         if not records or max(len(v) for v in by_method.values()) < 2:
             return None
         summary = fewshot_summary(records)
+        add_confidence_intervals(summary, records)
         source = "From the few-shot runs found (no bench fewshot.csv under the given folders)."
     if not summary:
         return None
     shots = sorted({r["shots"] for r in summary})
     methods = list(dict.fromkeys(r["method"] for r in summary))
     cell = {(r["method"], r["shots"]): r for r in summary}
-    rows = [{"method": m, "cells": [_pct(cell[m, k]["accuracy_mean"], cell[m, k]["accuracy_std"])
-                                     if (m, k) in cell else "–" for k in shots]} for m in methods]
+    rows = [{"method": m, "cells": [pct_cell(cell[m, k], "accuracy") if (m, k) in cell else "–" for k in shots]}
+            for m in methods]
     return {"source": source, "shots": shots, "rows": rows,
             "plot": png_data_url(bench_plot_png("fewshot", summary, title="Few-shot test accuracy"))}
 

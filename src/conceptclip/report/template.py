@@ -89,6 +89,7 @@ standard deviation over the group's seeds (0 for one seed). ECE: expected calibr
 <h2>Few-shot</h2>
 <p class="note">{{ fewshot.source }}</p>
 <div class="figs"><figure><img alt="few-shot accuracy against shots" src="{{ fewshot.plot }}"><figcaption>Test accuracy (%) against K shots per class, mean ± std over seeds.</figcaption></figure></div>
+<p class="note">Cells: test accuracy (%), mean ± std over seeds [95 % bootstrap interval of the seed mean, resampling the test images].</p>
 <table>
   <tr><th>method</th>{% for k in fewshot.shots %}<th>K={{ k }}</th>{% endfor %}</tr>
   {% for row in fewshot.rows %}<tr><td>{{ row.method }}</td>{% for v in row.cells %}<td class="num">{{ v }}</td>{% endfor %}</tr>{% endfor %}
