@@ -70,7 +70,8 @@ def ph2_manifest(root: Path, name: str, out: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/bench_ph2_real"))
-    ap.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
+    ap.add_argument("--spaces", nargs="+", default=list(SPACES), choices=[*SPACES, "lite"],
+                    help="embedding spaces; 'lite' runs the same methods on the lite backbone (heads aligned once)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
@@ -80,20 +81,24 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from conceptclip.bench.protocol import run_protocol
-    from conceptclip.bench.table import write_tables
+    from conceptclip.bench.table import add_confidence_intervals, fewshot_markdown, fewshot_summary, write_tables
+    from conceptclip.io import write_text
     from conceptclip.paths import shared_data_dir
 
     root = shared_data_dir() / "embeddings"
     t_all = time.perf_counter()
     for name in args.spaces:
         out = args.out / name
-        manifest = ph2_manifest(root, name, out)
         t0 = time.perf_counter()
+        backbone = "lite" if name == "lite" else f"embeddings:{ph2_manifest(root, name, out).resolve()}"
         records = run_protocol("fewshot", "ph2", args.methods, args.shots, args.seeds, out,
-                               backbone=f"embeddings:{manifest.resolve()}", progress=False,
-                               log=lambda s: print(s, flush=True))
+                               backbone=backbone, progress=False, log=lambda s: print(s, flush=True))
         paths = write_tables("fewshot", records, out, title=f"ph2 / {name}")
-        print(paths["md"].read_text(encoding="utf-8"))
+        summary = fewshot_summary(records)
+        add_confidence_intervals(summary, records, metrics=("auc_melanoma",))
+        melanoma = fewshot_markdown(summary, "auc_melanoma", title=f"ph2 / {name}")
+        write_text(out / "fewshot_melanoma.md", melanoma)
+        print(paths["md"].read_text(encoding="utf-8") + "\n" + melanoma)
         print(f"{name}: {len(records)} runs, {time.perf_counter() - t0:.1f} s wall", flush=True)
     print(f"all spaces: {time.perf_counter() - t_all:.1f} s wall")
 

@@ -160,6 +160,12 @@ def test_metric_rows_and_harmonic_mean(tmp_path):
     h = [2 * .8 * .4 / 1.2, 0.6]
     assert rows[3]["cells"][0] == f"{np.mean(h):.3f} ± {np.std(h, ddof=1):.3f}"
     assert rows[0]["first"] and rows[0]["span"] == 4 and not rows[1]["first"]
+    # the "test" part has predictions in every run: accuracy and macro AUC carry the seed-mean bootstrap
+    # interval over its 3 images (both runs' hand-written predictions: 2 of 3 right, so it lies in [0, 1])
+    acc_cell = rows[0]["cells"][0]
+    assert acc_cell.startswith("0.700 ± 0.141 [") and acc_cell.endswith("]")
+    low, high = (float(v) for v in acc_cell.split("[")[1].rstrip("]").split(","))
+    assert 0.0 <= low <= 2 / 3 <= high <= 1.0
 
 
 def test_report_page_from_hand_written_runs(runs_dir, tmp_path):

@@ -335,7 +335,7 @@ class EmbeddingsBackbone(Backbone):
     def __init__(self, path: str | Path) -> None:
         super().__init__()
         self.path = Path(path)
-        self.name = f"embeddings:{path}"
+        self.name = f"embeddings:{self.path.resolve()}"  # absolute: a results folder re-creates it from anywhere
         if not self.path.exists():
             raise BackboneError(f"embeddings {str(path)!r} not found: expected a folder with {MANIFEST} (see "
                                 "`conceptclip encode`), a manifest .json, or a folder with one *.npy + *_ids.csv pair")

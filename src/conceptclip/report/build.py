@@ -64,8 +64,9 @@ def metric_rows(groups: Sequence[RunGroup]) -> list[dict[str, Any]]:
         sub = []
         for part in parts:
             n = sorted({int((r.metrics or {}).get(part, {}).get("n", 0)) for r in g.runs})
+            cis = _seed_mean_cis(g, part)
             sub.append({"part": part, "n": "/".join(map(str, n)),
-                        "cells": [format_mean_std(summary[part][m]["mean"], summary[part][m]["std"])
+                        "cells": [format_mean_std(summary[part][m]["mean"], summary[part][m]["std"]) + cis.get(m, "")
                                    for m in SUMMARY_METRICS]})
         if "harmonic_mean" in summary:
             h = summary["harmonic_mean"]["harmonic_mean"]
@@ -78,6 +79,23 @@ def metric_rows(groups: Sequence[RunGroup]) -> list[dict[str, Any]]:
                         "seeds": ", ".join(str(s) for s in g.seeds)})
             rows.append(row)
     return rows
+
+
+def _seed_mean_cis(group: RunGroup, part: str) -> dict[str, str]:
+    """" [low, high]" per metric: the 95 % bootstrap interval of the seed mean over the part's images
+    (`bench.table.seed_mean_ci`), for single-label groups whose runs all have their predictions."""
+    from conceptclip.bench.table import CI_METRICS, seed_mean_ci
+
+    preds = [r.predictions().get(part) for r in group.runs]
+    if not preds or any(p is None or p.labels.ndim != 1 or not len(p.ids) for p in preds):
+        return {}
+    runs = [(p.ids, p.labels, p.probs) for p in preds]
+    out = {}
+    for m in CI_METRICS:
+        ci = seed_mean_ci(runs, m, classnames=preds[0].classnames)
+        if ci.low == ci.low and ci.high == ci.high:
+            out[m] = f" [{ci.low:.3f}, {ci.high:.3f}]"
+    return out
 
 
 def _find_tables(paths: Sequence[Path], name: str) -> list[Path]:
