@@ -67,6 +67,41 @@ def ph2_manifest(root: Path, name: str, out: Path) -> Path:
                                   "origin": "CristianoPatricio/concept-based-interpretability-VLM", "space": name})
 
 
+LABELS = {"lite": "lite", "clip_vit_b16": "CLIP ViT-B/16", "clip_vit_l14": "CLIP ViT-L/14", "monet_vit_l14": "MONET"}
+
+
+def combined_tables(out: Path, spaces: list[str], metrics=("accuracy", "auc_melanoma")) -> str:
+    """Method x space rows, K columns: "mean ± std [95 % bootstrap CI]" in % for each metric, from every
+    space's fewshot_runs.csv."""
+    import csv
+
+    from conceptclip.bench.table import add_confidence_intervals, fewshot_summary, pct_cell
+
+    summaries = {}
+    for name in spaces:
+        with open(out / name / "fewshot_runs.csv", newline="", encoding="utf-8") as fh:
+            keep = ("accuracy", "balanced_accuracy", "f1_macro", "auc_macro")
+            recs = [{"method": r["method"], "run": r["run"], "shots": int(r["shots"]), "seed": int(r["seed"]),
+                     **{k: float(v) if v not in ("", "None") else None for k, v in r.items()
+                        if k in keep or k.startswith("auc_")}} for r in csv.DictReader(fh)]
+        summary = fewshot_summary(recs)
+        add_confidence_intervals(summary, recs, metrics=metrics)
+        summaries[name] = {(r["method"], r["shots"]): r for r in summary}
+    shots = sorted({k for s in summaries.values() for _, k in s})
+    methods = list(dict.fromkeys(m for s in summaries.values() for m, _ in s))
+    text = []
+    for metric in metrics:
+        text += [f"PH2 test {metric.replace('_', ' ')} (%): mean ± std over seeds 1-3 [95 % bootstrap CI of the "
+                 "seed mean over the 60 test images]", "",
+                 "| method | space | " + " | ".join(f"K={k}" for k in shots) + " |", "|---|---|" + "---|" * len(shots)]
+        for m in methods:
+            for name in spaces:
+                cells = [pct_cell(summaries[name][m, k], metric) if (m, k) in summaries[name] else "-" for k in shots]
+                text.append(f"| {m} | {LABELS[name]} | " + " | ".join(cells) + " |")
+        text.append("")
+    return "\n".join(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/bench_ph2_real"))
@@ -75,7 +110,12 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    ap.add_argument("--combined", nargs="+", default=None, metavar="SPACE",
+                    help="only print method x space tables of these finished spaces (e.g. lite clip_vit_b16 ...)")
     args = ap.parse_args()
+    if args.combined:
+        print(combined_tables(args.out, args.combined))
+        return
 
     import torch
 
