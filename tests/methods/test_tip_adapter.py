@@ -205,3 +205,20 @@ def test_search_counts_ties_and_breaks_them_by_loss_then_grid_order():
     assert got["ties_accuracy"] == len(tied) > 1 and got["grid_size"] == 1000
     assert (got["alpha"], got["beta"]) == (want[4], want[5])
     assert got["ties_after_loss"] == sum(1 for r in tied if abs(r[1] - want[1]) == 0.0)
+
+
+def test_one_hot_cache_sum_equals_the_dense_product_and_its_gradient():
+    """cache_logits sums each class's affinities when the values are one-hot: the same numbers and key
+    gradients as exp(-beta (1 - f K^T)) @ L written as a dense product."""
+    gen = torch.Generator().manual_seed(3)
+    f = normalize(torch.randn(7, 5, generator=gen))
+    keys = torch.nn.Parameter(normalize(torch.randn(9, 5, generator=gen)))
+    values = F.one_hot(torch.tensor([2, 0, 1, 2, 2, 0, 1, 3, 3]), 4).float()
+    got = cache_logits(f, keys, values, 2.5)
+    (g1,) = torch.autograd.grad(got.square().sum(), keys)
+    dense = torch.exp(-2.5 * (1 - f @ keys.t())) @ values
+    (g2,) = torch.autograd.grad(dense.square().sum(), keys)
+    torch.testing.assert_close(got, dense, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
+    soft = values * 0.5  # not one-hot: the dense product
+    torch.testing.assert_close(cache_logits(f, keys, soft, 2.5), torch.exp(-2.5 * (1 - f @ keys.t())) @ soft)
