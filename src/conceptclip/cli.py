@@ -265,6 +265,27 @@ def demo(
 
 
 @app.command()
+def encode(
+    backbone: str = typer.Option(..., help="backbone spec to embed with: lite[:HEADS], hf:NAME_OR_DIR, open_clip:NAME"),
+    dataset: str = typer.Option("ph2", help="'ph2', a class-folder directory, a .csv or .json manifest"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder to write (reruns resume it); read it with --backbone embeddings:DIR"),
+    devices: int = typer.Option(1, help="processes, one shard each, through the engine's Fabric launcher"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
+    dtype: str = typer.Option("float32", help="stored image dtype: float32 | float16"),
+    batch_size: int = typer.Option(32, help="images per forward pass"),
+    bank: Optional[str] = typer.Option(None, help="also store this bank's class/concept prompt embeddings"),
+    overwrite: bool = typer.Option(False, help="replace an existing encode in --out"),
+) -> None:
+    """Embed a dataset once (images, class prompts, optionally a bank's prompts) for `embeddings:DIR`."""
+    from conceptclip.engine.encode import encode_dataset
+
+    manifest = encode_dataset(backbone, _dataset(dataset), out, devices=devices, accelerator=device or "auto",
+                              dtype=dtype, batch_size=batch_size, bank=bank, overwrite=overwrite, log=console.print)
+    console.print(f"{manifest['source']['n_images']} image embeddings in {len(manifest['images'])} shard(s), "
+                  f"{sum(len(t['prompts']) for t in manifest['texts'])} prompts; use --backbone embeddings:{out}")
+
+
+@app.command()
 def methods() -> None:
     """List the registered methods."""
     from conceptclip.methods import available_methods

@@ -193,6 +193,12 @@ def test_metric_rows_and_harmonic_mean(tmp_path):
     h = [2 * .8 * .4 / 1.2, 0.6]
     assert rows[3]["cells"][0] == f"{np.mean(h):.3f} ± {np.std(h, ddof=1):.3f}"
     assert rows[0]["first"] and rows[0]["span"] == 4 and not rows[1]["first"]
+    # the "test" part has predictions in every run: accuracy and macro AUC carry the seed-mean bootstrap
+    # interval over its 3 images (both runs' hand-written predictions: 2 of 3 right, so it lies in [0, 1])
+    acc_cell = rows[0]["cells"][0]
+    assert acc_cell.startswith("0.700 ± 0.141 [") and acc_cell.endswith("]")
+    low, high = (float(v) for v in acc_cell.split("[")[1].rstrip("]").split(","))
+    assert 0.0 <= low <= 2 / 3 <= high <= 1.0
 
 
 def test_report_page_from_hand_written_runs(runs_dir, tmp_path):
@@ -249,7 +255,8 @@ def test_fewshot_curve_from_runs_when_no_bench_table(tmp_path):
     assert fewshot_section([tmp_path], find_runs([tmp_path])) is None  # one K only: no curve
     write_run(tmp_path / "k2", "coop", 1, 0.75, shots=2)
     fs = fewshot_section([tmp_path], find_runs([tmp_path]))
-    assert fs["rows"] == [{"method": "coop", "cells": ["50.0 ± 0.0", "75.0 ± 0.0"]}]
+    # mean ± std over seeds, then the bootstrap interval over the runs' test predictions
+    assert fs["rows"] == [{"method": "coop", "cells": ["50.0 ± 0.0 [0, 100]", "75.0 ± 0.0 [0, 100]"]}]
     assert "no bench fewshot.csv" in fs["source"]
     assert fs["plot"].startswith("data:image/png;base64,")
 

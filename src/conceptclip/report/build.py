@@ -65,8 +65,9 @@ def metric_rows(groups: Sequence[RunGroup]) -> list[dict[str, Any]]:
         sub = []
         for part in parts:
             n = sorted({int((r.metrics or {}).get(part, {}).get("n", 0)) for r in g.runs})
+            cis = _seed_mean_cis(g, part)
             sub.append({"part": part, "n": "/".join(map(str, n)),
-                        "cells": [format_mean_std(summary[part][m]["mean"], summary[part][m]["std"])
+                        "cells": [format_mean_std(summary[part][m]["mean"], summary[part][m]["std"]) + cis.get(m, "")
                                    for m in SUMMARY_METRICS]})
         if "harmonic_mean" in summary:
             h = summary["harmonic_mean"]["harmonic_mean"]
@@ -79,6 +80,23 @@ def metric_rows(groups: Sequence[RunGroup]) -> list[dict[str, Any]]:
                         "seeds": ", ".join(str(s) for s in g.seeds)})
             rows.append(row)
     return rows
+
+
+def _seed_mean_cis(group: RunGroup, part: str) -> dict[str, str]:
+    """" [low, high]" per metric: the 95 % bootstrap interval of the seed mean over the part's images
+    (`bench.table.seed_mean_ci`), for single-label groups whose runs all have their predictions."""
+    from conceptclip.bench.table import CI_METRICS, seed_mean_ci
+
+    preds = [r.predictions().get(part) for r in group.runs]
+    if not preds or any(p is None or p.labels.ndim != 1 or not len(p.ids) for p in preds):
+        return {}
+    runs = [(p.ids, p.labels, p.probs) for p in preds]
+    out = {}
+    for m in CI_METRICS:
+        ci = seed_mean_ci(runs, m, classnames=preds[0].classnames)
+        if ci.low == ci.low and ci.high == ci.high:
+            out[m] = f" [{ci.low:.3f}, {ci.high:.3f}]"
+    return out
 
 
 def _find_tables(paths: Sequence[Path], name: str) -> list[Path]:
@@ -116,7 +134,7 @@ def replicate_names(runs: Sequence[RunRecord]) -> dict[Path, str]:
 def fewshot_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict[str, Any] | None:
     """Few-shot curve + table: the bench layer's fewshot.csv when present, else the finished
     few-shot runs when they cover at least two values of K for some method."""
-    from conceptclip.bench.table import fewshot_summary
+    from conceptclip.bench.table import add_confidence_intervals, fewshot_summary, pct_cell
     from conceptclip.report.overlay import png_data_url
     from conceptclip.report.plots import bench_plot_png
 
@@ -126,7 +144,7 @@ def fewshot_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict[st
         source = "From the bench table(s) " + ", ".join(_rel(t) for t in tables) + "."
     else:
         names = replicate_names(runs)
-        records = [{"method": names[r.path], "shots": r.shots, **{m: (r.metrics or {}).get("test", {}).get(m)
+        records = [{"method": names[r.path], "shots": r.shots, "run": str(r.path), **{m: (r.metrics or {}).get("test", {}).get(m)
                                                                 for m in ("accuracy", "balanced_accuracy", "f1_macro",
                                                                           "auc_macro")}}
                    for r in runs if r.finished and r.split_kind == "fewshot" and "test" in (r.metrics or {})]
@@ -136,14 +154,15 @@ def fewshot_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict[st
         if not records or max(len(v) for v in by_method.values()) < 2:
             return None
         summary = fewshot_summary(records)
+        add_confidence_intervals(summary, records)
         source = "From the few-shot runs found (no bench fewshot.csv under the given folders)."
     if not summary:
         return None
     shots = sorted({r["shots"] for r in summary})
     methods = list(dict.fromkeys(r["method"] for r in summary))
     cell = {(r["method"], r["shots"]): r for r in summary}
-    rows = [{"method": m, "cells": [_pct(cell[m, k]["accuracy_mean"], cell[m, k]["accuracy_std"])
-                                     if (m, k) in cell else "–" for k in shots]} for m in methods]
+    rows = [{"method": m, "cells": [pct_cell(cell[m, k], "accuracy") if (m, k) in cell else "–" for k in shots]}
+            for m in methods]
     return {"source": source, "shots": shots, "rows": rows,
             "plot": png_data_url(bench_plot_png("fewshot", summary, title="Few-shot test accuracy"))}
 

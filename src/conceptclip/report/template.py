@@ -72,7 +72,8 @@ pre { background: var(--bg); padding: 8px; overflow-x: auto; font-size: 11.5px; 
 <section id="metrics">
 <h2>Test metrics, mean ± std over seeds</h2>
 <p class="note">Runs are grouped by method, method options, dataset, split kind, shots K and backbone; std is the sample
-standard deviation over the group's seeds (0 for one seed). ECE: expected calibration error, 15 equal-width bins.</p>
+standard deviation over the group's seeds (0 for one seed); [low, high] for accuracy and macro AUC: the 95 % bootstrap
+interval of the seed mean, resampling the part's images (1,000 resamples). ECE: expected calibration error, 15 equal-width bins.</p>
 <table>
   <tr><th>group</th><th>dataset</th><th>backbone</th><th>seeds</th><th>part</th><th>n</th>
   {% for m in metric_names %}<th>{{ m }}</th>{% endfor %}</tr>
@@ -91,6 +92,7 @@ standard deviation over the group's seeds (0 for one seed). ECE: expected calibr
 <h2>Few-shot</h2>
 <p class="note">{{ fewshot.source }}</p>
 <div class="figs"><figure><img alt="few-shot accuracy against shots" src="{{ fewshot.plot }}"><figcaption>Test accuracy (%) against K shots per class, mean ± std over seeds.</figcaption></figure></div>
+<p class="note">Cells: test accuracy (%), mean ± std over seeds [95 % bootstrap interval of the seed mean, resampling the test images].</p>
 <table>
   <tr><th>method</th>{% for k in fewshot.shots %}<th>K={{ k }}</th>{% endfor %}</tr>
   {% for row in fewshot.rows %}<tr><td>{{ row.method }}</td>{% for v in row.cells %}<td class="num">{{ v }}</td>{% endfor %}</tr>{% endfor %}
