@@ -62,7 +62,7 @@ def test_token_level_alignment_hand_computed():
     row0 = math.log(1 + math.exp(-(1 + r) / TAU))
     row1 = math.log(1 + math.exp((2 * r - (r + 1)) / TAU))
     assert math.isclose(l_t(V, Q), (row0 + row1) / 2, rel_tol=1e-12)
-    got = token_contrastive_loss(torch.tensor(V), torch.tensor(Q), TAU)
+    got = token_contrastive_loss(torch.tensor(V), torch.tensor(Q))  # the paper's tau = 0.9 by default
     assert math.isclose(float(got), (row0 + row1) / 2, rel_tol=1e-6)
     # per-token cosines: rescaling any token changes nothing; the temperature does
     scaled = torch.tensor(V) * torch.tensor([[[3.0], [0.5]], [[2.0], [7.0]]])
@@ -78,7 +78,7 @@ def test_prompt_level_alignment_sums_over_classes():
     row0 = math.log(1 + math.exp(-0.6 / TAU))  # 0.414370
     row1 = math.log(1 + math.exp(0.2 / TAU))  # 0.810418
     assert math.isclose(l_p(rows(soft), rows(hard)), row0 + row1, rel_tol=1e-7)
-    assert math.isclose(float(prompt_alignment_loss(soft, hard, TAU)), 1.224788, abs_tol=1e-6)
+    assert math.isclose(float(prompt_alignment_loss(soft, hard)), 1.224788, abs_tol=1e-6)  # tau 0.9, sum
     # option prompt_reduction="mean" (our earlier reading): divided by the number of classes
     assert math.isclose(float(prompt_alignment_loss(soft, hard, TAU, "mean")), 0.612394, abs_tol=1e-6)
     assert math.isclose(float(prompt_alignment_loss(3 * soft, 0.5 * hard, TAU)), row0 + row1, rel_tol=1e-6)
