@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conceptclip.methods.xcoop import (
-    prompt_alignment_loss, token_contrastive_loss, token_distance_loss,
+    ipa_logits, prompt_alignment_loss, token_contrastive_loss, token_distance_loss,
 )
 
 CLASSES = ["melanoma", "nevus"]  # as in conftest.py
@@ -82,6 +82,18 @@ def test_prompt_level_alignment_sums_over_classes():
     # option prompt_reduction="mean" (our earlier reading): divided by the number of classes
     assert math.isclose(float(prompt_alignment_loss(soft, hard, TAU, "mean")), 0.612394, abs_tol=1e-6)
     assert math.isclose(float(prompt_alignment_loss(3 * soft, 0.5 * hard, TAU)), row0 + row1, rel_tol=1e-6)
+
+
+def test_image_prompt_score_hand_computed():
+    text = [[1.0, 0.0], [0.6, 0.8]]
+    p, F = [3.0, 4.0], [[1.0, 0.0], [0.0, 2.0]]  # one image: global feature and two patches
+    # cos(p, w) = 0.6 / 1.0; patch cosines with w0: 1, 0 (mean 0.5), with w1: 0.6, 0.8 (mean 0.7)
+    want = [10 * (0.6 + 0.1 * 0.5), 10 * (1.0 + 0.1 * 0.7)]
+    assert ipa_scores(p, F, text, 10.0) == pytest.approx(want)
+    got = ipa_logits(torch.tensor([p]), torch.tensor([F]), torch.tensor(text), 10.0)  # lambda = 0.1 by default
+    assert got[0].tolist() == pytest.approx(want, rel=1e-6)
+    maxed = ipa_logits(torch.tensor([p]), torch.tensor([F]), torch.tensor(text), 10.0, 0.1, "max")
+    assert maxed[0].tolist() == pytest.approx([10 * (0.6 + 0.1 * 1.0), 10 * (1.0 + 0.1 * 0.8)], rel=1e-6)
 
 
 def test_squared_token_distance_option():
