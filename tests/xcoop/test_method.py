@@ -168,6 +168,18 @@ def test_irrelevant_knowledge_swaps_the_concepts_for_everyday_objects(tiny_clip,
     assert again.reference.texts == texts
 
 
+def test_irrelevant_knowledge_from_given_prompts_counts_their_items():
+    from conceptclip.methods.xcoop import Knowledge, irrelevant_prompts
+
+    # no concept list: as many everyday phrases as the prompt has comma-separated items
+    prompts = {"melanoma": "a photo of melanoma, which has blue veil.", "nevus": "a photo of nevus."}
+    out = irrelevant_prompts(Knowledge({c: [] for c in CLASSES}, {}, prompts, "given prompts"), XCoOpConfig())
+    texts = [out[c] for c in CLASSES]
+    two = {f"a photo of melanoma, with {a}, and {b}." for a in IRRELEVANT_CONCEPTS for b in IRRELEVANT_CONCEPTS}
+    assert texts[0] in two
+    assert texts[1] in {f"a photo of nevus, with {a}." for a in IRRELEVANT_CONCEPTS}
+
+
 def _bank(tmp_path: Path, classes: dict | None = None) -> Path:
     from conceptclip.knowledge.schema import Provenance, save_bank, simple_bank
 
