@@ -318,10 +318,19 @@ def test_no_ph2_default_on_other_classes(tiny_clip, tmp_path):
     with pytest.raises(ConfigError, match="clinical_template='modality' needs modality="):
         resolve_knowledge(XCoOpConfig(bank=str(_bank(tmp_path)), clinical_template="modality"), CLASSES)
     # a given bank needs no PH2 classes and names no modality
-    method = create_method("xcoop", tiny_clip, ["circle", "square"],
-                           {"bank": str(_bank(tmp_path, {"circle": ["round edge"], "square": ["four corners"]}))})
+    shapes = {"circle": ["round edge"], "square": ["four corners"], "star": ["five points"]}
+    method = create_method("xcoop", tiny_clip, list(shapes), {"bank": str(_bank(tmp_path, shapes))})
     assert method.knowledge.clinical_prompts["circle"] == "a photo of circle, with round edge."
-    assert method.concept_features().shape[0] == 2
+    assert method.concept_features().shape[0] == 3
+    gen = torch.Generator().manual_seed(0)
+    batch = {"features": torch.randn(6, tiny_clip.embed_dim, generator=gen), "labels": torch.arange(6) % 3,
+             "patches": torch.randn(6, 4, tiny_clip.embed_dim, generator=gen)}
+    assert method.logits(batch).shape == (6, 3) and torch.isfinite(method.loss(batch)["loss"])
+    # zero weights are allowed (a term off by its weight), negative ones are not
+    off = create_method("xcoop", tiny_clip, list(shapes), {"bank": str(_bank(tmp_path, shapes)), "lam": 0.0,
+                                                           "weight_token": 0.0, "weight_prompt": 0.0})
+    terms = off.loss(batch)
+    torch.testing.assert_close(terms["loss"], terms["ce"])
     assert method.config.concept_template.format(concept="x") == "a photo with x."
 
 
