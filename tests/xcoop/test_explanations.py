@@ -80,9 +80,10 @@ def test_textual_explanation_ranks_concepts_by_cosine_distance(tiny_clip, tmp_pa
 def test_rationale_names_the_concepts_nearest_to_the_predicted_class_prompt(tiny_clip, tmp_path, batch):
     from conceptclip.knowledge.schema import Provenance, save_bank, simple_bank
 
-    bank = save_bank(simple_bank("toy", {"melanoma": ["blue veil", "dark dots"], "nevus": ["round shape"]},
+    bank = save_bank(simple_bank("toy", {"melanoma": ["blue veil", "dark dots"], "nevus": ["round shape", "pale"]},
                                  Provenance(kind="annotation", citation="hand-written test bank")), tmp_path / "b.json")
     method = create_method("xcoop", tiny_clip, CLASSES, {"bank": str(bank)})
+    assert all(len(v) == 3 for v in method.explain(batch)["nearest_concepts"].values())  # k = 3 by default
     out = method.explain(batch, k=2)
     tex = explain_textually(method)
     pred = method.logits(batch).argmax(1)
