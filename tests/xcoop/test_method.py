@@ -54,6 +54,22 @@ def test_matched_soft_prompt_has_one_token_per_concept_prompt_token(make_xcoop, 
     torch.testing.assert_close(method.prompt.class_context(1), method.prompt.ctx[lengths[0]:])
 
 
+def test_matched_prompt_and_reference_edge_cases(tiny_clip):
+    one = MatchedContextPrompt(tiny_clip, CLASSES, [1, 2])  # one context token is enough
+    assert one.ctx.shape[0] == 3 and 0.015 < float(one.ctx.std()) < 0.025  # N(0, 0.02^2) by default
+    assert 0.015 < float(MatchedContextPrompt(tiny_clip, CLASSES, [8, 8]).ctx.std()) < 0.025
+    with pytest.raises(ConfigError, match="at least one context token"):
+        MatchedContextPrompt(tiny_clip, CLASSES, [0, 2])
+    ref = reference_prompts(tiny_clip, ["melanoma", "a photo"])  # a single content token is a prompt
+    assert ref.lengths == [1, 2]
+    # the random intervention is seeded, seed 0 by default
+    vocab, special = tiny_clip.token_embedding.num_embeddings, special_token_ids(tiny_clip)
+    torch.testing.assert_close(ref.randomized(vocab, special).tokens.input_ids,
+                               ref.randomized(vocab, special, 0).tokens.input_ids)
+    assert not torch.equal(ref.randomized(vocab, special).tokens.input_ids,
+                           ref.randomized(vocab, special, 1).tokens.input_ids)
+
+
 def test_splicing_the_placeholder_embeddings_reproduces_the_stock_text_path(tiny_clip):
     prompt = MatchedContextPrompt(tiny_clip, CLASSES, [3, 5])
     x_id = tiny_clip.tokenize(["X"]).input_ids[0, 1]
