@@ -57,6 +57,11 @@ def test_matched_soft_prompt_has_one_token_per_concept_prompt_token(make_xcoop, 
 def test_matched_prompt_and_reference_edge_cases(tiny_clip):
     one = MatchedContextPrompt(tiny_clip, CLASSES, [1, 2])  # one context token is enough
     assert one.ctx.shape[0] == 3 and 0.015 < float(one.ctx.std()) < 0.025  # N(0, 0.02^2) by default
+    assert abs(float(MatchedContextPrompt(tiny_clip, CLASSES, [8, 8]).ctx.mean())) < 0.01
+    given = MatchedContextPrompt(tiny_clip, CLASSES, [1, 2], init=torch.ones(3, tiny_clip.text_width))
+    torch.testing.assert_close(given.ctx.detach(), torch.ones(3, tiny_clip.text_width))
+    with pytest.raises(ConfigError, match="init of shape"):
+        MatchedContextPrompt(tiny_clip, CLASSES, [1, 2], init=torch.ones(2, tiny_clip.text_width))
     assert 0.015 < float(MatchedContextPrompt(tiny_clip, CLASSES, [8, 8]).ctx.std()) < 0.025
     with pytest.raises(ConfigError, match="at least one context token"):
         MatchedContextPrompt(tiny_clip, CLASSES, [0, 2])
