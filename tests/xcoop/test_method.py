@@ -279,8 +279,9 @@ def test_soft_prompt_longer_than_the_context_is_refused(tiny_clip):
             MatchedContextPrompt(tiny_clip, ["melanoma"], [n])
     with pytest.raises(ConfigError, match="'atypical nevus' \\(28 context tokens .* needs 33 tokens"):
         MatchedContextPrompt(tiny_clip, ["melanoma", "atypical nevus"], [28, 28])
-    with pytest.raises(ConfigError, match="fills the backbone's context length"):
+    with pytest.raises(ConfigError, match="fills the backbone's context length") as err:
         reference_prompts(tiny_clip, ["blue " * 40])
+    assert str(err.value).startswith(f"reference prompt {('blue ' * 40)[:60]!r}... fills")  # its first 60 characters
 
 
 def test_ph2_config_file_holds_the_paper_defaults():
