@@ -51,6 +51,7 @@ def test_fewshot_runs_tables_and_resumes(tmp_path, toy_folder, monkeypatch):
     assert len(records) == 8 and {r["shots"] for r in records} == {1, 2}
     train_cfg = json.loads((out / "fewshot" / "coop" / "K2_seed1" / "config.json").read_text())["train"]
     assert train_cfg["epochs"] == 2 and train_cfg["eval_every"] >= 10**9  # tested after the final epoch
+    assert train_cfg["select"] == "last"  # the same rule `conceptclip train` uses by default
     assert json.loads((out / "fewshot" / "coop" / "K2_seed1" / "metrics.json").read_text())["best_epoch"] == 1
     assert (out / "fewshot" / "splits" / "K2_seed2.json").is_file() and (out / "pools.json").is_file()
     paths = write_tables("fewshot", records, out)

@@ -94,6 +94,7 @@ def _train_config(method: str, settings: BenchSettings, seed: int, device: str |
         cfg["epochs"] = int(settings.epochs[method])
     elif settings.max_epochs is not None and "epochs" not in settings.train_options:
         cfg["epochs"] = min(int(defaults.get("epochs", 50)), settings.max_epochs)
+    cfg["select"] = settings.selection
     if settings.selection == "last" and "eval_every" not in settings.train_options:
         cfg["eval_every"] = 10**9  # the engine then validates (and selects) only the final epoch
     if device:

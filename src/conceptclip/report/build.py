@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from conceptclip.engine.files import check_files
 from conceptclip.errors import ConceptClipError, ConfigError
 from conceptclip.report.runs import (
     SUMMARY_METRICS,
@@ -106,6 +107,12 @@ def _pct(mean: float, std: float) -> str:
     return format_mean_std(mean, std, scale=100.0, digits=1)
 
 
+def replicate_names(runs: Sequence[RunRecord]) -> dict[Path, str]:
+    """Finished run path -> the name its row gets in the few-shot and base-to-novel tables: the
+    method, plus what sets its configuration apart ("coop (epochs=20)"), so only replicates pool."""
+    return {r.path: g.method + (f" ({g.differs})" if g.differs else "") for g in group_runs(runs) for r in g.runs}
+
+
 def fewshot_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict[str, Any] | None:
     """Few-shot curve + table: the bench layer's fewshot.csv when present, else the finished
     few-shot runs when they cover at least two values of K for some method."""
@@ -118,7 +125,8 @@ def fewshot_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict[st
         summary = [r for t in tables for r in _read_csv(t)]
         source = "From the bench table(s) " + ", ".join(_rel(t) for t in tables) + "."
     else:
-        records = [{"method": r.method, "shots": r.shots, **{m: (r.metrics or {}).get("test", {}).get(m)
+        names = replicate_names(runs)
+        records = [{"method": names[r.path], "shots": r.shots, **{m: (r.metrics or {}).get("test", {}).get(m)
                                                                 for m in ("accuracy", "balanced_accuracy", "f1_macro",
                                                                           "auc_macro")}}
                    for r in runs if r.finished and r.split_kind == "fewshot" and "test" in (r.metrics or {})]
@@ -152,7 +160,8 @@ def base2novel_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict
         summary = [r for t in tables for r in _read_csv(t)]
         source = "From the bench table(s) " + ", ".join(_rel(t) for t in tables) + "."
     else:
-        records = [{"method": r.method, "shots": r.shots,
+        names = replicate_names(runs)
+        records = [{"method": names[r.path], "shots": r.shots,
                     "base_accuracy": r.metrics["test_base"]["accuracy"],
                     "novel_accuracy": r.metrics["test_novel"]["accuracy"],
                     "harmonic_mean": r.metrics.get("harmonic_mean", 0.0)}
@@ -303,7 +312,8 @@ def make_cards(explainer: Any, dataset: Any, pred: PartPredictions,
                       "probability": res.probabilities[res.prediction],
                       "correct": res.prediction in truth.split(", "),
                       "image": png_data_url(thumbnail(res.shown, 256)), "concepts": res.top_concepts(6),
-                      "maps": [{"title": m.title, "src": png_data_url(thumbnail(m.image, 192))} for m in res.maps],
+                      "maps": [{"title": m.title, "src": png_data_url(thumbnail(m.image, 192)), "failed": m.failed,
+                                "sanity_text": m.sanity_text} for m in res.maps],
                       "rationale": res.rationale})
     return cards, (results[0].concept_kind if results else "")
 
@@ -329,6 +339,7 @@ def run_row(r: RunRecord) -> dict[str, Any]:
             "backbone": cfg.get("backbone", "?"), "weights": cfg.get("backbone_weights", "?"),
             "fit": f"{m['fit_seconds']:.1f}" if isinstance(m.get("fit_seconds"), (int, float)) else "",
             "best_epoch": m.get("best_epoch", "") if m.get("best_epoch") is not None else "",
+            "problems": check_files(r.path, cfg),
             "config": json.dumps(cfg, indent=2, ensure_ascii=False)}
 
 
@@ -350,6 +361,9 @@ def build_report(paths: Sequence[str | Path], out: str | Path, *, dataset: str |
     if not groups:
         raise ConfigError("report: none of the runs found has finished (no metrics.json); nothing to report")
     log(f"{len(runs)} run folder(s), {len(groups)} group(s)")
+    for r in runs:
+        for problem in check_files(r.path, r.config):
+            log(f"warning: {_rel(r.path)} is incomplete: {problem}")
     datasets = _Datasets(dataset)
     backbones: dict[str, Any] = {}
     concept_cache: dict[str, Any] = {}
@@ -430,7 +444,11 @@ def _explained(g: RunGroup, datasets: _Datasets, backbones: dict, concept_cache:
         if part is None:
             out["card_note"] = "No per-image cards: predictions.csv has no test rows."
         elif ds is not None:
-            ids = [i for i in select_ids(preds[part], images) if _has(ds, i)]
+            chosen = select_ids(preds[part], images)
+            ids = [i for i in chosen if _has(ds, i)]
+            if len(ids) < len(chosen):
+                note += (f" {len(chosen) - len(ids)} of the {len(chosen)} chosen test images are not in dataset "
+                         f"{ds.name!r} (pass the --dataset the run was trained on).")
             out["cards"], kind = make_cards(explainer, ds, preds[part], ids)
             if kind == "method":
                 csrc = "concept bars: the method's own concept scores"
