@@ -222,9 +222,9 @@ def test_bank_concepts_build_the_clinical_prompts(tiny_clip, tmp_path):
         "nevus": "a photo image of nevus, which has round shape."}
     method = create_method("xcoop", tiny_clip, CLASSES, {"bank": str(_bank(tmp_path))})
     assert method.concept_names == ["blue veil", "dark dots", "round shape"]
-    top1 = create_method("xcoop", tiny_clip, CLASSES, {"bank": str(_bank(tmp_path)), "modality": "photo", "top_k": 1})
+    top1 = create_method("xcoop", tiny_clip, CLASSES, {"bank": str(_bank(tmp_path)), "top_k": 1})
     assert top1.knowledge.concepts["melanoma"] == ["blue veil"]
-    mapped = create_method("xcoop", tiny_clip, ["mel", "nevus"], {"bank": str(_bank(tmp_path)), "modality": "photo",
+    mapped = create_method("xcoop", tiny_clip, ["mel", "nevus"], {"bank": str(_bank(tmp_path)),
                                                                   "class_map": {"mel": "melanoma"}})
     assert mapped.knowledge.concepts["mel"] == ["blue veil", "dark dots"]
     with pytest.raises(ConfigError, match="no class 'keratosis'.*class_map"):
@@ -337,6 +337,11 @@ def test_no_ph2_default_on_other_classes(tiny_clip, tmp_path):
         with pytest.raises(ConfigError, match=r"set bank=NAME or bank=FILE.json .*concept_prompts") as err:
             create_method("xcoop", tiny_clip, classes)
         assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="modality='drawing' is used only by clinical_template=modality"):
+        create_method("xcoop", tiny_clip, CLASSES, {"bank": str(_bank(tmp_path)), "modality": "drawing"})
+    used = create_method("xcoop", tiny_clip, CLASSES, {"bank": str(_bank(tmp_path)), "modality": "drawing",
+                                                        "concept_template": "a {modality} with {concept}."})
+    assert used.knowledge.clinical_prompts["nevus"] == "a photo of nevus, with round shape."
     with pytest.raises(ConfigError, match="clinical_template='modality' needs modality="):
         resolve_knowledge(XCoOpConfig(bank=str(_bank(tmp_path)), clinical_template="modality"), CLASSES)
     # a given bank needs no PH2 classes and names no modality

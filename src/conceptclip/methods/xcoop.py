@@ -248,6 +248,10 @@ class XCoOp(Method):
         if c.soft_prompt == "matched" and c.ctx_init not in ("random", "concepts"):
             raise ConfigError(f"xcoop ctx_init={c.ctx_init!r} with soft_prompt='matched': expected ctx_init=random "
                               "or ctx_init=concepts (words initialise only the paper prompt)")
+        if c.modality and c.clinical_template != "modality" and "{modality}" not in c.concept_template:
+            raise ConfigError(f"xcoop modality={c.modality!r} is used only by clinical_template=modality (v1's 'a "
+                              "{modality} image of [class], which has ...'); the paper's prompt is 'a photo of [class], "
+                              "with ...': drop modality or set clinical_template=modality")
         self.knowledge = resolve_knowledge(c, self.classnames, self.context.get("knowledge_exclude"))
         # every clinical concept of every class, in first-appearance order (names of `concept_scores`)
         self.concept_names = list(dict.fromkeys(p for n in self.classnames for p in self.knowledge.concepts[n]))
