@@ -66,7 +66,7 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
     method_kwargs = {"knowledge_exclude": split.tested_ids(), **(method_kwargs or {})}
     method = create_method(method_name, backbone, classnames, method_config, template=dataset.template,
                            multilabel=dataset.multilabel, dataset=dataset, **method_kwargs)
-    cfg = TrainConfig.from_dict({**method.train_defaults, **(train_config or {})})
+    cfg = TrainConfig.from_dict({**method.train_defaults_for(split.params.get("shots")), **(train_config or {})})
     backbone_spec = backbone.name
     heads = getattr(backbone, "heads_path", None)
     if heads:  # keep the run self-contained: the aligned lite heads travel with it
