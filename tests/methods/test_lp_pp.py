@@ -17,7 +17,10 @@ from conceptclip.methods import create_method
 from conceptclip.methods.lp_pp import init_alpha, lipschitz_alpha, lipschitz_v, lp_pp_logits, lr_alpha, lr_w
 from conceptclip.prompts import normalize
 
-from conftest import feature_batch
+
+def feature_batch(backbone, n: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {"features": torch.randn(n, backbone.embed_dim, generator=gen), "labels": torch.arange(n) % 3}
 
 
 def _dot(a, b) -> float:
