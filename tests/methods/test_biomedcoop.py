@@ -231,7 +231,7 @@ def test_paper_defaults(tiny_clip, classes):
 
 @pytest.mark.parametrize("name,values", [
     ("btmri", (0.5, 0.25, 1.5)), ("BUSI", (0.75, 0.75, 1.5)), ("chmnist", (0.25, 0.25, 1.5)),
-    ("covid", (0.5, 2.0, 1.5)), ("ctkidney", (1.0, 0.5, 1.5)), ("DermaMNIST", (5.0, 20.0, 1.5)),
+    ("covid", (0.5, 2.0, 1.5)), ("COVID_19", (0.5, 2.0, 1.5)), ("ctkidney", (1.0, 0.5, 1.5)), ("DermaMNIST", (5.0, 20.0, 1.5)),
     ("kneexray", (5.0, 20.0, 1.75)), ("kvasir", (0.75, 0.75, 1.5)), ("lungcolon", (0.5, 0.5, 1.5)),
     ("octmnist", (1.0, 0.75, 1.5)), ("retina", (0.25, 0.25, 1.5)),
     ("ph2", (5.0, 20.0, 1.5)),  # dermoscopy: DermaMNIST's values

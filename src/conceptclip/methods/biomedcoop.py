@@ -60,7 +60,8 @@ DATASET_TABLE: dict[str, tuple[float, float, float]] = {
     "octmnist": (1.0, 0.75, 1.5),
     "retina": (0.25, 0.25, 1.5),
 }
-DATASET_ALIASES = {"ph2": "dermamnist"}  # PH2 is dermoscopy: DermaMNIST's values
+DATASET_ALIASES = {"ph2": "dermamnist",  # PH2 is dermoscopy: DermaMNIST's values
+                   "covid19": "covid"}  # the bank's name (COVID_19) for the config's (covid)
 OTHER_DATASETS = (0.75, 0.75, 1.5)  # ours: per-value median of DATASET_TABLE
 
 
@@ -150,11 +151,6 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     kl = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="sum", log_target=True)
     denom = student.numel() if reduction == "numel" else student.shape[0]
     return kl / denom * t * t
-
-
-def cyclic_prompts(prompts: list[list[str]], n: int) -> list[list[str]]:
-    """Prompt set i of class c is its prompt i mod n_c (ours, for classes with fewer than n prompts)."""
-    return [[p[i % len(p)] for i in range(n)] for p in prompts]
 
 
 @register_method("biomedcoop")
