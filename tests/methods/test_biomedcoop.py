@@ -123,8 +123,13 @@ def test_selection_uses_bessels_std():
     assert select_prompt_sets(torch.tensor(scores), tau).tolist() == [True] * 5
 
 
-def test_selection_keeps_everything_when_the_mad_is_zero():
+def test_selection_keeps_everything_when_the_mad_is_zero_or_nothing_passes():
     assert select_prompt_sets(torch.tensor([1.0, 1.0, 1.0, 5.0]), 1.5).tolist() == [True] * 4
+    assert select_prompt_sets(torch.tensor([1.0, 2.0]), 0.5).tolist() == [True, True]  # two scores: MAD 0
+    assert _official_keep([0.0, 1.0, 2.0, 3.0], 0.3) == [False] * 4  # |z'| = 0.39 and 1.16
+    assert select_prompt_sets(torch.tensor([0.0, 1.0, 2.0, 3.0]), 0.3).tolist() == [True] * 4
+    assert select_prompt_sets(torch.tensor([0.0, 1.0, 2.0, 3.0]), 0.5).tolist() == [False, True, True, False]
+    assert select_prompt_sets(torch.tensor([3.0]), 0.5).tolist() == [True]
 
 
 def test_batch_teacher_recomputed_by_hand():
@@ -215,6 +220,8 @@ def test_loss_is_ce_plus_weighted_sccm_and_kdsp(tiny_clip, classes, batch):
     assert abs(float(terms["sccm"]) - sccm) < 1e-6
     assert abs(float(terms["kdsp"]) - kdsp) < 1e-5
     assert abs(terms["loss"].item() - (ce + 0.75 * sccm + 0.75 * kdsp)) < 1e-4
+    _, keep = _official_teacher(img.tolist(), feats, 1.5, scale)
+    assert abs(float(terms["kept_fraction"]) - sum(keep) / len(keep)) < 1e-6
     # inference uses the learned prompts only
     torch.testing.assert_close(method.logits(batch), torch.tensor(logits))
 
@@ -245,6 +252,13 @@ def test_per_dataset_values(tiny_clip, name, values):
     given = create_method("biomedcoop", tiny_clip, ["a", "b"], {"lambda_sccm": 25, "tau": 2}, dataset=ds,
                           ensembles={"a": ["x"], "b": ["y"]})
     assert (given.lambda_sccm, given.lambda_kdsp, given.tau) == (25.0, values[1], 2.0)
+    assert given.describe()["values"]["source"].startswith("given")
+
+
+def test_smallest_valid_options(tiny_clip, classes):
+    method = create_method("biomedcoop", tiny_clip, classes, {"n_prompts": 1, "tau": 0.0},
+                           ensembles={c: [c] for c in classes})
+    assert (method.config.n_prompts, method.tau) == (1, 0.0)
 
 
 def test_prompt_sets_truncate_to_n_prompts_and_repeat_short_lists(tiny_clip):
@@ -290,6 +304,9 @@ def test_earlier_reading_stays_reachable(tiny_clip, classes, batch):
     kdsp = F.kl_div(F.log_softmax(logits, -1), F.softmax(teacher, -1), reduction="batchmean")
     ce = F.cross_entropy(logits, batch["labels"])
     torch.testing.assert_close(terms["loss"], ce + 25.0 * sccm + kdsp, rtol=1e-4, atol=1e-5)
+    _, keep = selective_teacher_logits(img, feats, mask, 1.5, tiny_clip.logit_scale)
+    kept = sum(int(keep[b, c].sum()) / int(mask[c].sum()) for b in range(keep.shape[0]) for c in range(3))
+    assert abs(float(terms["kept_fraction"]) - kept / (keep.shape[0] * 3)) < 1e-6
 
 
 def test_given_ensembles_must_cover_every_class(tiny_clip, classes):

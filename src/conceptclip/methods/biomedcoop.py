@@ -26,8 +26,8 @@ of the eleven official configs, (0.75, 0.75, 1.5) (also BUSI's and Kvasir's valu
 
 Our choices where the code does not say: a class with fewer than P prompts (a template fallback
 or a short bank list) repeats its list cyclically to fill the P prompt sets; when the median
-absolute deviation or the spread of z is zero (z undefined; the official code would give NaN) every
-prompt set is kept. Earlier readings stay reachable: `sccm="l1"`, `kdsp_reduction="batchmean"`,
+absolute deviation or the spread of z is zero (z undefined), or no prompt set passes (the official
+code would give NaN in both cases), every prompt set is kept. Earlier readings stay reachable: `sccm="l1"`, `kdsp_reduction="batchmean"`,
 `selection="per_image"` (per image and class, keep prompts with |s - mu| <= tau sigma), with
 lambda_sccm=25, lambda_kdsp=1 and `--set epochs=50` reproduce the previous default.
 """
@@ -116,7 +116,8 @@ def select_prompt_sets(scores: torch.Tensor, tau: float) -> torch.Tensor:
     sd = torch.std(z)
     if not sd > 0:
         return keep_all.to(scores.device)
-    return ((z - z.mean()) / sd).abs().le(tau).to(scores.device)
+    keep = ((z - z.mean()) / sd).abs().le(tau)
+    return (keep if keep.any() else keep_all).to(scores.device)  # none kept (tau < 1 / sqrt(2) at P = 2): all
 
 
 def batch_teacher_logits(image: torch.Tensor, feats: torch.Tensor, tau: float,
