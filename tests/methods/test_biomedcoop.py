@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from conceptclip.errors import ConfigError
 from conceptclip.knowledge.schema import Provenance, save_bank, simple_bank
 from conceptclip.methods import create_method
-from conceptclip.methods.biomedcoop import (batch_teacher_logits, distillation_loss, sccm_loss, select_prompt_sets,
-                                            selective_teacher_logits)
+from conceptclip.methods.biomedcoop import (batch_teacher_logits, dataset_values, distillation_loss, sccm_loss,
+                                            select_prompt_sets, selective_teacher_logits)
 from conceptclip.paths import shared_data_dir
 from conceptclip.prompts import class_text_features, normalize
 from conceptclip.prompts.ensembles import encode_ensembles, ensemble_mean, resolve_ensembles
@@ -259,6 +259,21 @@ def test_smallest_valid_options(tiny_clip, classes):
     method = create_method("biomedcoop", tiny_clip, classes, {"n_prompts": 1, "tau": 0.0},
                            ensembles={c: [c] for c in classes})
     assert (method.config.n_prompts, method.tau) == (1, 0.0)
+
+
+def test_dataset_values_table():
+    """The official few-shot configs, written out here (HealthX-Lab/BiomedCoOp configs/trainers/BiomedCoOp/few_shot)."""
+    official = {"btmri": (0.5, 0.25, 1.5), "busi": (0.75, 0.75, 1.5), "chmnist": (0.25, 0.25, 1.5),
+                "covid": (0.5, 2.0, 1.5), "ctkidney": (1.0, 0.5, 1.5), "dermamnist": (5.0, 20.0, 1.5),
+                "kneexray": (5.0, 20.0, 1.75), "kvasir": (0.75, 0.75, 1.5), "lungcolon": (0.5, 0.5, 1.5),
+                "octmnist": (1.0, 0.75, 1.5), "retina": (0.25, 0.25, 1.5)}
+    for name, values in official.items():
+        assert dataset_values(name) == (values, f"official few-shot config {name}.yaml")
+    assert dataset_values("Lung_Colon")[0] == official["lungcolon"] and dataset_values("COVID_19")[0] == official["covid"]
+    assert dataset_values("PH2")[0] == official["dermamnist"]
+    medians = tuple(sorted(v[i] for v in official.values())[5] for i in range(3))
+    assert dataset_values("shapes")[0] == medians == (0.75, 0.75, 1.5)
+    assert dataset_values(None)[1].startswith("ours")
 
 
 def test_prompt_sets_truncate_to_n_prompts_and_repeat_short_lists(tiny_clip):
