@@ -101,6 +101,10 @@ def test_kdsp_is_kl_summed_over_numel():
     expected_b = _kl_sum_over_numel(student.tolist(), teacher.tolist(), "batch")
     assert abs(float(distillation_loss(student, teacher, reduction="batchmean")) - expected_b) < 1e-5
     assert abs(expected_b - 4 * expected) < 1e-9
+    # a temperature (not in the official code; T = 1 there): T^2 KL(softmax(q / T) || softmax(l / T))
+    t = 2.5
+    expected_t = t * t * _kl_sum_over_numel((student / t).tolist(), (teacher / t).tolist())
+    assert abs(float(distillation_loss(student, teacher, temperature=t)) - expected_t) < 1e-6
 
 
 # ---- prompt-set selection -----------------------------------------------------------------
@@ -229,8 +233,9 @@ def test_loss_is_ce_plus_weighted_sccm_and_kdsp(tiny_clip, classes, batch):
 def test_paper_defaults(tiny_clip, classes):
     method = create_method("biomedcoop", tiny_clip, classes, ensembles={c: [c] for c in classes})
     c = method.config
-    assert (c.n_ctx, c.ctx_init, c.n_prompts, c.sccm, c.kdsp_reduction, c.selection) == \
-        (4, "a photo of a", 50, "mse", "numel", "batch")
+    assert (c.n_ctx, c.ctx_init, c.n_prompts, c.sccm, c.kdsp_reduction, c.selection, c.temperature, c.init_std) == \
+        (4, "a photo of a", 50, "mse", "numel", "batch", 1.0, 0.02)
+    assert (c.lambda_sccm, c.lambda_kdsp, c.tau) == (None, None, None)  # None: the dataset's values
     t = method.train_defaults
     assert (t["optimizer"], t["lr"], t["batch_size"], t["epochs"], t["warmup_epochs"], t["warmup_lr"]) == \
         ("sgd", 0.0025, 4, 100, 1, 1e-5)
