@@ -34,6 +34,10 @@ def test_kg_loss_hand_computed():
 def test_default_lambda_form_and_handcrafted_prompt(tiny_clip, classes):
     method = create_method("kgcoop", tiny_clip, classes, template="a photo of a {}.")
     assert (method.config.lam, method.config.kg_form) == (8.0, "cosine")
+    assert (method.config.n_ctx, method.config.ctx_init) == (4, "a photo of a")  # the paper's M = 4
+    assert not any(k.startswith("handcrafted") for k in method.learned_state())  # recomputed, never checkpointed
+    rand = create_method("kgcoop", tiny_clip, classes, {"ctx_init": ""}).prompt.ctx
+    assert 0.014 < float(rand.std()) < 0.027  # N(0, 0.02^2) when no init phrase
     torch.testing.assert_close(method.handcrafted, class_text_features(tiny_clip, classes, ["a photo of a {}."]))
     with pytest.raises(ConfigError, match="kg_form"):
         create_method("kgcoop", tiny_clip, classes, {"kg_form": "l2"})
