@@ -53,3 +53,21 @@ def test_train_uses_the_split_shots(tmp_path, toy, tiny_clip):
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     history = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
     assert cfg["train"]["epochs"] == 50 and len(history) == 50
+
+
+def test_coop_logits_are_scaled_cosines(tiny_clip, classes, batch):
+    """Eq. 3: logit_i = exp(s) cos(g(t_i), f(x)), computed here with plain Python; defaults M = 16, random init."""
+    import math
+
+    from conceptclip.methods import create_method
+
+    method = create_method("coop", tiny_clip, classes)
+    c = method.config
+    assert (c.n_ctx, c.ctx_init, c.class_token_position, c.class_specific, c.init_std) == (16, "", "end", False, 0.02)
+    text = method.prompt().detach().tolist()
+    got = method.logits(batch).detach()
+    scale = float(tiny_clip.logit_scale)
+    for b, f in enumerate(batch["features"].tolist()):
+        for i, t in enumerate(text):
+            cos = sum(x * y for x, y in zip(f, t)) / math.sqrt(sum(x * x for x in f) * sum(y * y for y in t))
+            assert abs(float(got[b, i]) - scale * cos) < 1e-4
