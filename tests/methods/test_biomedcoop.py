@@ -115,6 +115,24 @@ def test_selection_keeps_prompt_sets_by_the_median_mad_z_rule():
     assert _official_keep(scores, 1.5) == [True, True, True, True, False, True, True, False]
 
 
+def test_prompt_set_scores_by_hand():
+    from conceptclip.methods.biomedcoop import prompt_set_scores
+
+    gen = torch.Generator().manual_seed(2)
+    image, feats = torch.randn(3, 5, generator=gen), torch.randn(2, 4, 5, generator=gen)
+    for scale in (1.0, 7.0):
+        expected = [sum(max(scale * _dot(f, feats[c, i].tolist()) for c in range(2)) for f in image.tolist()) / 3
+                    for i in range(4)]
+        got = prompt_set_scores(image, feats, scale) if scale != 1.0 else prompt_set_scores(image, feats)
+        torch.testing.assert_close(got, torch.tensor(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_selection_when_std_z_is_below_one():
+    scores = [0.0, 0.0, 2.0, 2.0, 2.0, 4.0, 4.0]  # MAD 2 > std 1.63: std z = 0.82
+    assert _official_keep(scores, 1.0) == [False, False, True, True, True, False, False]
+    assert select_prompt_sets(torch.tensor(scores), 1.0).tolist() == _official_keep(scores, 1.0)
+
+
 def test_selection_uses_bessels_std():
     """A threshold between |z'| with the n - 1 and the n denominators: only Bessel's correction keeps the point."""
     scores = [1.0, 2.0, 3.0, 4.0, 9.0]
@@ -129,6 +147,7 @@ def test_selection_uses_bessels_std():
 
 def test_selection_keeps_everything_when_the_mad_is_zero_or_nothing_passes():
     assert select_prompt_sets(torch.tensor([1.0, 1.0, 1.0, 5.0]), 1.5).tolist() == [True] * 4
+    assert select_prompt_sets(torch.tensor([1.0, 1.0, 1.0, 1.0, 9.0]), 1.5).tolist() == [True] * 5  # MAD 0
     assert select_prompt_sets(torch.tensor([1.0, 2.0]), 0.5).tolist() == [True, True]  # two scores: MAD 0
     assert _official_keep([0.0, 1.0, 2.0, 3.0], 0.3) == [False] * 4  # |z'| = 0.39 and 1.16
     assert select_prompt_sets(torch.tensor([0.0, 1.0, 2.0, 3.0]), 0.3).tolist() == [True] * 4
@@ -142,9 +161,9 @@ def test_batch_teacher_recomputed_by_hand():
     sets = normalize(torch.randn(3, 8, 6, generator=gen))
     sets[1, 2] = -sets[1, 2]  # an outlying prompt set
     sets[0, 5] = normalize(image.mean(0))  # and a very confident one
-    for tau in (0.75, 1.5):
-        expected, keep = _official_teacher(image.tolist(), sets.tolist(), tau, 20.0)
-        got, got_keep = batch_teacher_logits(image, sets, tau, 20.0)
+    for tau, scale in ((0.75, 20.0), (1.5, 20.0), (0.75, 1.0)):
+        expected, keep = _official_teacher(image.tolist(), sets.tolist(), tau, scale)
+        got, got_keep = batch_teacher_logits(image, sets, tau, scale) if scale != 1.0 else batch_teacher_logits(image, sets, tau)
         assert got_keep.tolist() == keep
         torch.testing.assert_close(got, torch.tensor(expected), rtol=1e-5, atol=1e-5)
     assert not all(_official_teacher(image.tolist(), sets.tolist(), 0.75, 20.0)[1])  # the case prunes something
@@ -166,6 +185,13 @@ def test_selective_teacher_prunes_the_outlier_prompt():
     teacher, keep = selective_teacher_logits(image, feats, mask, tau=1.5, scale=10.0)
     assert keep[0].tolist() == [[True, True, True, False], [True, True, False, False]]
     torch.testing.assert_close(teacher, torch.tensor([[8.5, 1.0]]))
+    # tau = 1: a class with one real prompt keeps it (teacher = its similarity); a padded class drops -0.9
+    feats1 = torch.tensor([[_unit(0.9), _unit(0.8), _unit(-0.9), [0.0, 0.0]], [_unit(0.3), [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    mask1 = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    # class 0: mu = 0.2667, deviations (0.633, 0.533, -1.167), sigma = 0.826 -> -0.9 dropped, teacher 0.85
+    teacher, keep = selective_teacher_logits(image, feats1, mask1, tau=1.0)
+    assert keep[0].tolist() == [[True, True, False, False], [True, False, False, False]]
+    torch.testing.assert_close(teacher, torch.tensor([[0.85, 0.3]]))
     # a loose threshold keeps everything: mean of all four = 0.4125
     teacher, keep = selective_teacher_logits(image, feats, mask, tau=2.0, scale=1.0)
     assert bool(keep[0, 0].all())
@@ -241,6 +267,9 @@ def test_paper_defaults(tiny_clip, classes):
         ("sgd", 0.0025, 4, 100, 1, 1e-5)
 
 
+DATASET_ALIAS = {"ph2": "dermamnist", "covid19": "covid"}
+
+
 @pytest.mark.parametrize("name,values", [
     ("btmri", (0.5, 0.25, 1.5)), ("BUSI", (0.75, 0.75, 1.5)), ("chmnist", (0.25, 0.25, 1.5)),
     ("covid", (0.5, 2.0, 1.5)), ("COVID_19", (0.5, 2.0, 1.5)), ("ctkidney", (1.0, 0.5, 1.5)), ("DermaMNIST", (5.0, 20.0, 1.5)),
@@ -257,7 +286,9 @@ def test_per_dataset_values(tiny_clip, name, values):
     given = create_method("biomedcoop", tiny_clip, ["a", "b"], {"lambda_sccm": 25, "tau": 2}, dataset=ds,
                           ensembles={"a": ["x"], "b": ["y"]})
     assert (given.lambda_sccm, given.lambda_kdsp, given.tau) == (25.0, values[1], 2.0)
-    assert given.describe()["values"]["source"].startswith("given")
+    source = "ours: median of the official few-shot configs (dataset not in the table)" if name == "shapes" else \
+        f"official few-shot config {DATASET_ALIAS.get(name.lower().replace('_', ''), name.lower())}.yaml"
+    assert given.describe()["values"]["source"] == "given / " + source
 
 
 def test_smallest_valid_options(tiny_clip, classes):

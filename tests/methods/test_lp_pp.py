@@ -47,9 +47,16 @@ def test_official_init_alpha_and_step_sizes_by_hand():
     assert abs(init_alpha(X, Y, T) - alpha0) < 1e-9
     assert abs(lr_alpha(X, T) - step_a) < 1e-12
     assert abs(lr_w(X) - step_w) < 1e-9
+    # three classes with unequal counts: the mean over classes of each class's own mean
+    x3 = [[0.6, 0.8], [1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [0.28, 0.96], [0.96, 0.28]]
+    y3 = [0, 1, 1, 1, 2, 2]
+    t3 = [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]
+    own = [sum(_dot(xi, t3[k]) for xi, yi in zip(x3, y3) if yi == k) / y3.count(k) for k in range(3)]
+    got = init_alpha(torch.tensor(x3, dtype=torch.float64), torch.tensor(y3), torch.tensor(t3, dtype=torch.float64))
+    assert abs(got - 250 * sum(own) / 3) < 1e-9
 
 
-def _official_reference(x, y, xv, yv, t, bias, epochs, every=10, momentum=0.9, accumulate=True):
+def _official_reference(x, y, xv, yv, t, bias, epochs, every=10, momentum=0.9, accumulate=True, last=False):
     """The official loop with explicit gradients: SGD with momentum on (W, b), alpha every `every` epochs."""
     n, c = x.shape[0], t.shape[0]
     onehot = F.one_hot(y, c).double()
@@ -74,15 +81,15 @@ def _official_reference(x, y, xv, yv, t, bias, epochs, every=10, momentum=0.9, a
         if (epoch + 1) % every == 0:
             alpha = alpha - step_a * grad_a
         acc = float(((xv @ w.t() + b + alpha * (xv @ t.t())).argmax(-1) == yv).double().mean())
-        if acc >= best[0]:
+        if last or acc >= best[0]:
             best = (acc, epoch, (w, b, alpha))
     return best
 
 
-@pytest.mark.parametrize("accumulate", [True, False])
-def test_official_training_reproduced_by_hand(tiny_clip, classes, accumulate):
-    train, val = feature_batch(tiny_clip, 12, seed=0), feature_batch(tiny_clip, 9, seed=5)
-    opts = {"epochs": 35} if accumulate else {"epochs": 35, "alpha_grad": "epoch"}
+@pytest.mark.parametrize("accumulate,last", [(True, False), (False, False), (True, True), (False, True)])
+def test_official_training_reproduced_by_hand(tiny_clip, classes, accumulate, last):
+    train, val = feature_batch(tiny_clip, 12, seed=0), feature_batch(tiny_clip, 3, seed=5)  # 3 val images: ties
+    opts = {"epochs": 35, "alpha_grad": "accumulated" if accumulate else "epoch", "select": "last" if last else "val"}
     method = create_method("lp_pp", tiny_clip, classes, opts)
     torch.manual_seed(11)
     info = method.fit_closed_form(train, val)
@@ -91,7 +98,7 @@ def test_official_training_reproduced_by_hand(tiny_clip, classes, accumulate):
     bias = torch.empty(3, dtype=torch.float64).uniform_(-1 / math.sqrt(d), 1 / math.sqrt(d))
     x, xv = normalize(train["features"]).double(), normalize(val["features"]).double()
     acc, epoch, (w, b, alpha) = _official_reference(x, train["labels"], xv, val["labels"], method.text.double(), bias,
-                                                    35, accumulate=accumulate)
+                                                    35, accumulate=accumulate, last=last)
     assert info["selected_epoch"] == epoch and abs(info["val_accuracy"] - acc) < 1e-12
     torch.testing.assert_close(method.prototypes, w.float(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(method.bias, b.float(), rtol=1e-4, atol=1e-5)
@@ -125,9 +132,12 @@ def test_official_initialisation_sums_and_alpha0(tiny_clip, classes, batch):
 
 
 def test_defaults_and_bad_options(tiny_clip, classes):
-    c = create_method("lp_pp", tiny_clip, classes).config
-    assert (c.solver, c.epochs, c.alpha_every, c.alpha_grad, c.select, c.momentum) == \
-        ("official", 300, 10, "accumulated", "val", 0.9)
+    method = create_method("lp_pp", tiny_clip, classes)
+    c = method.config
+    assert (c.solver, c.epochs, c.alpha_every, c.alpha_grad, c.select, c.momentum, c.iterations, c.init_alpha) == \
+        ("official", 300, 10, "accumulated", "val", 0.9, 300, 1.0)
+    assert not any(k.startswith("text") for k in method.learned_state())  # recomputed from the class names
+    assert create_method("lp_pp", tiny_clip, classes, {"alpha_every": 1}).config.alpha_every == 1
     for opts, match in (({"solver": "lbfgs"}, "solver="), ({"alpha_grad": "sum"}, "alpha_grad="),
                         ({"select": "test"}, "select="), ({"alpha_every": 0}, "alpha_every="), ({"epochs": -1}, "epochs=")):
         with pytest.raises(ConfigError, match=match):
@@ -138,9 +148,32 @@ def test_lipschitz_constants_hand_computed():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     # X^T X = diag(2, 1): lambda_max = 2 -> 2 / (2 * 3)
     assert abs(lipschitz_v(x) - 1 / 3) < 1e-12
-    text = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
-    # x . t_0 = (1, 0, 1) -> 2; x . t_1 = (0.6, 0.8, 0.6) -> 0.36 + 0.64 + 0.36 = 1.36; max 2 -> 2 / 6
-    assert abs(lipschitz_alpha(x, text) - 1 / 3) < 1e-12
+    x2 = torch.tensor([[0.6, 0.8], [0.8, 0.6], [0.0, 1.0]], dtype=torch.float64)
+    text = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    # x . t_0 = (0.6, 0.8, 0) -> 1.0; x . t_1 = (1.0, 0.96, 0.8) -> 1 + 0.9216 + 0.64 = 2.5616 -> 2.5616 / 6
+    assert abs(lipschitz_alpha(x2, text) - 2.5616 / 6) < 1e-12
+
+
+def test_mm_sweeps_by_hand(tiny_clip, classes):
+    """Two block sweeps written out: V <- V - grad_V / L_V, then alpha <- alpha - grad_alpha / L_alpha."""
+    train = feature_batch(tiny_clip, 12, seed=0)
+    method = create_method("lp_pp", tiny_clip, classes, {"solver": "mm", "iterations": 2, "init_alpha": 0.5})
+    method.fit_closed_form(train, train)
+    x, y, t = normalize(train["features"]).double(), train["labels"], method.text.double()
+    n = x.shape[0]
+    onehot = F.one_hot(y, 3).double()
+    v = torch.stack([x[y == k].mean(0) for k in range(3)])
+    alpha = torch.full((3,), 0.5, dtype=torch.float64)
+    lv = float(torch.linalg.eigvalsh(x.t() @ x).max()) / (2 * n)
+    la = float(((x @ t.t()) ** 2).sum(0).max()) / (2 * n)
+    for _ in range(2):
+        p = (x @ v.t() + alpha * (x @ t.t())).softmax(-1)
+        v = v - ((p - onehot).t() @ x / n) / lv
+        p = (x @ v.t() + alpha * (x @ t.t())).softmax(-1)
+        alpha = alpha - ((p - onehot) * (x @ t.t())).sum(0) / n / la
+    torch.testing.assert_close(method.prototypes.double(), v, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(method.alpha.double(), alpha, rtol=1e-4, atol=1e-6)
+    assert float(method.bias.abs().max()) == 0.0
 
 
 def test_logits_hand_computed():
