@@ -342,7 +342,9 @@ def test_a_bank_describing_none_of_the_classes_is_refused(tmp_path, tiny_clip):
 
 
 def test_earlier_reading_stays_reachable(tiny_clip, classes, batch):
-    given = {c: [f"a photo of a {c}.", f"{c}, a skin lesion.", f"{c} seen up close."] for c in classes}
+    sizes = {classes[0]: 1, classes[1]: 2, classes[2]: 4}  # unequal ensembles
+    given = {c: [f"a photo of a {c}.", f"{c}, a skin lesion.", f"{c} seen up close.", f"{c} again."][:sizes[c]]
+             for c in classes}
     old = {"sccm": "l1", "kdsp_reduction": "batchmean", "selection": "per_image", "lambda_sccm": 25, "lambda_kdsp": 1}
     method = create_method("biomedcoop", tiny_clip, classes, old, ensembles=given)
     terms = method.loss(batch)
