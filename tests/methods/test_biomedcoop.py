@@ -192,6 +192,10 @@ def test_selective_teacher_prunes_the_outlier_prompt():
     teacher, keep = selective_teacher_logits(image, feats1, mask1, tau=1.0)
     assert keep[0].tolist() == [[True, True, False, False], [True, False, False, False]]
     torch.testing.assert_close(teacher, torch.tensor([[0.85, 0.3]]))
+    # padding never enters mu or sigma: (0.9, 0.9, 0.5) + padding, mu 0.767, sigma 0.189 -> 0.5 dropped at tau 1
+    feats2 = torch.tensor([[_unit(0.9), _unit(0.9), _unit(0.5), [0.0, 0.0]]])
+    _, keep = selective_teacher_logits(image, feats2, torch.tensor([[True, True, True, False]]), tau=1.0)
+    assert keep[0].tolist() == [[True, True, False, False]]
     # a loose threshold keeps everything: mean of all four = 0.4125
     teacher, keep = selective_teacher_logits(image, feats, mask, tau=2.0, scale=1.0)
     assert bool(keep[0, 0].all())

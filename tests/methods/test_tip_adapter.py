@@ -57,6 +57,10 @@ def test_search_maximises_val_accuracy_then_minimises_val_ce():
     got = search_alpha_beta(zs, aff, values, labels, alphas, betas)
     assert (got["alpha"], got["beta"]) == (best[1], best[2])
     assert abs(got["val_accuracy"] - best[0][0]) < 1e-6
+    assert abs(got["val_cross_entropy"] + best[0][1]) < 1e-6
+    # an empty cache ties every grid point exactly: the first one (beta outer, alpha inner) is kept
+    tie = search_alpha_beta(zs, aff, torch.zeros_like(values), labels, alphas, betas)
+    assert (tie["alpha"], tie["beta"]) == (0.5, 1.0)
 
 
 def test_logits_are_zero_shot_plus_alpha_cache(tiny_clip, classes, batch):
@@ -194,6 +198,12 @@ def _brute_force_search(zs, f, keys, values, labels, alphas, betas):
             if best is None or key > best[0]:
                 best = (key, a, b)
     return best[1], best[2]
+
+
+def test_defaults(tiny_clip, classes):
+    c = create_method("tip_adapter_f", tiny_clip, classes).config
+    assert (c.init_alpha, c.init_beta, c.search, c.beta_max, c.alpha_max, c.beta_steps, c.alpha_steps, c.pre_search) == \
+        (1.0, 1.0, True, 7.0, 3.0, 200, 20, False)
 
 
 def test_tip_adapter_f_reference_order(tiny_clip, classes):
