@@ -206,6 +206,37 @@ def test_defaults(tiny_clip, classes):
         (1.0, 1.0, True, 7.0, 3.0, 200, 20, False)
 
 
+def test_training_defaults_and_state(tiny_clip, classes, batch):
+    f_cls = create_method("tip_adapter_f", tiny_clip, classes)
+    assert f_cls.train_defaults == {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "batch_size": 256,
+                                    "epochs": 20, "warmup_epochs": 0}
+    plain = create_method("tip_adapter", tiny_clip, classes)
+    assert not plain.trainable_parameters() and plain.train_defaults == {}
+    assert not any(k.startswith("classifier") for k in plain.learned_state())  # recomputed from the class names
+    # an unfitted (empty) cache scores exactly as zero-shot CLIP
+    zs = create_method("zeroshot", tiny_clip, classes, template=plain.template).logits(batch)
+    torch.testing.assert_close(plain.logits(batch), zs)
+
+
+def test_training_free_search_on_val_and_no_search_without_val_labels(tiny_clip, classes):
+    opts = {"alpha_steps": 6, "beta_steps": 12, "init_alpha": 1.25, "init_beta": 0.75}
+    train, val = _part(tiny_clip, 12, 0), _part(tiny_clip, 9, 1)
+    method = create_method("tip_adapter", tiny_clip, classes, opts)
+    info = method.fit_closed_form(train.tensors, val.tensors)
+    f = normalize(train.tensors["features"]).double()
+    fv = normalize(val.tensors["features"]).double()
+    zv = float(tiny_clip.logit_scale) * fv @ method.classifier.double().t()
+    alphas = [i * (3.0 - 0.1) / 6 + 0.1 for i in range(6)]
+    betas = [i * (7.0 - 0.1) / 12 + 0.1 for i in range(12)]
+    expected = _brute_force_search(zv, fv, f, F.one_hot(train.labels, 3).double(), val.labels, alphas, betas)
+    assert (info["alpha"], info["beta"]) == pytest.approx(expected)
+    empty = {"features": val.tensors["features"][:0], "labels": val.tensors["labels"][:0]}
+    method = create_method("tip_adapter", tiny_clip, classes, opts)
+    info = method.fit_closed_form(train.tensors, empty)
+    assert (info["alpha"], info["beta"]) == (1.25, 0.75)
+    assert (float(method.alpha), float(method.beta)) == (1.25, 0.75)
+
+
 def test_tip_adapter_f_reference_order(tiny_clip, classes):
     """Fine-tuning runs with the INITIAL alpha, beta (reproduced here step by step with full-batch AdamW);
     only afterwards are alpha, beta searched on the VALIDATION part with the fine-tuned keys -- a search
