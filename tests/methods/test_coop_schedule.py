@@ -22,6 +22,9 @@ def test_epochs_by_shots():
     for k, epochs in PAPER.items():
         assert coop.train_defaults_for(k)["epochs"] == epochs
     assert coop.train_defaults_for(3)["epochs"] == 100 and coop.train_defaults_for(32)["epochs"] == 200
+    assert coop.train_defaults_for(9)["epochs"] == 200  # ours: above the paper's 8-shot row
+    d = coop.train_defaults_for(1)
+    assert (d["optimizer"], d["warmup_epochs"], d["warmup_lr"]) == ("sgd", 1, 1e-5)
     assert coop.train_defaults_for(None)["epochs"] == 200
     assert coop.train_defaults_for(16)["lr"] == 0.002 and coop.train_defaults_for(16)["batch_size"] == 32
     # the methods that reuse CoOp's dict keep their own epochs
