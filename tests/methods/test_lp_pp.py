@@ -105,6 +105,21 @@ def test_official_training_reproduced_by_hand(tiny_clip, classes, accumulate, la
     torch.testing.assert_close(method.alpha, alpha.float(), rtol=1e-4, atol=1e-4)
 
 
+def test_validation_ties_go_to_the_later_epoch(tiny_clip, classes):
+    """One validation image (a training image, fitted early): accuracy 1 ties across epochs; `>=` keeps the latest."""
+    train = feature_batch(tiny_clip, 12, seed=0)
+    val = {"features": train["features"][:1], "labels": train["labels"][:1]}
+    method = create_method("lp_pp", tiny_clip, classes, {"epochs": 25})
+    torch.manual_seed(3)
+    info = method.fit_closed_form(train, val)
+    torch.manual_seed(3)
+    d = tiny_clip.embed_dim
+    bias = torch.empty(3, dtype=torch.float64).uniform_(-1 / math.sqrt(d), 1 / math.sqrt(d))
+    x, xv = normalize(train["features"]).double(), normalize(val["features"]).double()
+    acc, epoch, _ = _official_reference(x, train["labels"], xv, val["labels"], method.text.double(), bias, 25)
+    assert info["selected_epoch"] == epoch and epoch > 0
+
+
 def test_alpha_steps_use_the_accumulated_gradient(tiny_clip, classes):
     """From the 20th epoch on, the two alpha rules differ (the second step sums 20 epochs' gradients)."""
     train = feature_batch(tiny_clip, 12, seed=0)
@@ -154,9 +169,10 @@ def test_lipschitz_constants_hand_computed():
     assert abs(lipschitz_alpha(x2, text) - 2.5616 / 6) < 1e-12
 
 
-def test_mm_sweeps_by_hand(tiny_clip, classes):
+@pytest.mark.parametrize("n", [12, 3])
+def test_mm_sweeps_by_hand(tiny_clip, classes, n):
     """Two block sweeps written out: V <- V - grad_V / L_V, then alpha <- alpha - grad_alpha / L_alpha."""
-    train = feature_batch(tiny_clip, 12, seed=0)
+    train = feature_batch(tiny_clip, n, seed=0)
     method = create_method("lp_pp", tiny_clip, classes, {"solver": "mm", "iterations": 2, "init_alpha": 0.5})
     method.fit_closed_form(train, train)
     x, y, t = normalize(train["features"]).double(), train["labels"], method.text.double()
