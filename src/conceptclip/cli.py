@@ -246,7 +246,8 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="results folder of the demo"),
     shots: int = typer.Option(16, help="K shots per class for the few-shot methods"),
     seeds: List[int] = typer.Option([1, 2, 3], help="seeds (repeat the option)"),
-    epochs: int = typer.Option(50, help="CoOp training epochs"),
+    epochs: int = typer.Option(50, help="CoOp training epochs (fewer than the paper's 200 at 16 shots, "
+                                                        "to keep the demo short)"),
     align_epochs: int = typer.Option(300, help="alignment epochs of the lite heads"),
     align_on: str = typer.Option(
         "train", help="'train': align lite on the labelled train pool (so 'zeroshot' has seen those labels); "

@@ -57,6 +57,10 @@ def test_search_maximises_val_accuracy_then_minimises_val_ce():
     got = search_alpha_beta(zs, aff, values, labels, alphas, betas)
     assert (got["alpha"], got["beta"]) == (best[1], best[2])
     assert abs(got["val_accuracy"] - best[0][0]) < 1e-6
+    assert abs(got["val_cross_entropy"] + best[0][1]) < 1e-6
+    # an empty cache ties every grid point exactly: the first one (beta outer, alpha inner) is kept
+    tie = search_alpha_beta(zs, aff, torch.zeros_like(values), labels, alphas, betas)
+    assert (tie["alpha"], tie["beta"]) == (0.5, 1.0)
 
 
 def test_logits_are_zero_shot_plus_alpha_cache(tiny_clip, classes, batch):
@@ -222,3 +226,103 @@ def test_one_hot_cache_sum_equals_the_dense_product_and_its_gradient():
     torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
     soft = values * 0.5  # not one-hot: the dense product
     torch.testing.assert_close(cache_logits(f, keys, soft, 2.5), torch.exp(-2.5 * (1 - f @ keys.t())) @ soft)
+def _brute_force_search(zs, f, keys, values, labels, alphas, betas):
+    """Highest accuracy, then lowest cross-entropy, then the earlier grid point (beta outer, alpha inner)."""
+    best = None
+    for j, b in enumerate(betas):
+        for i, a in enumerate(alphas):
+            logits = zs + a * torch.exp(-b * (1 - f @ keys.t())) @ values
+            acc = (logits.argmax(1) == labels).double().mean().item()
+            ce = F.cross_entropy(logits, labels).item()
+            key = (acc, -ce, -j, -i)
+            if best is None or key > best[0]:
+                best = (key, a, b)
+    return best[1], best[2]
+
+
+def test_defaults(tiny_clip, classes):
+    c = create_method("tip_adapter_f", tiny_clip, classes).config
+    assert (c.init_alpha, c.init_beta, c.search, c.beta_max, c.alpha_max, c.beta_steps, c.alpha_steps, c.pre_search) == \
+        (1.0, 1.0, True, 7.0, 3.0, 200, 20, False)
+
+
+def test_training_defaults_and_state(tiny_clip, classes, batch):
+    f_cls = create_method("tip_adapter_f", tiny_clip, classes)
+    assert f_cls.train_defaults == {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "batch_size": 256,
+                                    "epochs": 20, "warmup_epochs": 0}
+    plain = create_method("tip_adapter", tiny_clip, classes)
+    assert not plain.trainable_parameters() and plain.train_defaults == {}
+    assert not any(k.startswith("classifier") for k in plain.learned_state())  # recomputed from the class names
+    # an unfitted (empty) cache scores exactly as zero-shot CLIP
+    zs = create_method("zeroshot", tiny_clip, classes, template=plain.template).logits(batch)
+    torch.testing.assert_close(plain.logits(batch), zs)
+
+
+def test_training_free_search_on_val_and_no_search_without_val_labels(tiny_clip, classes):
+    opts = {"alpha_steps": 6, "beta_steps": 12, "init_alpha": 1.25, "init_beta": 0.75}
+    train, val = _part(tiny_clip, 12, 0), _part(tiny_clip, 9, 1)
+    method = create_method("tip_adapter", tiny_clip, classes, opts)
+    info = method.fit_closed_form(train.tensors, val.tensors)
+    f = normalize(train.tensors["features"]).double()
+    fv = normalize(val.tensors["features"]).double()
+    zv = float(tiny_clip.logit_scale) * fv @ method.classifier.double().t()
+    alphas = [i * (3.0 - 0.1) / 6 + 0.1 for i in range(6)]
+    betas = [i * (7.0 - 0.1) / 12 + 0.1 for i in range(12)]
+    expected = _brute_force_search(zv, fv, f, F.one_hot(train.labels, 3).double(), val.labels, alphas, betas)
+    assert (info["alpha"], info["beta"]) == pytest.approx(expected)
+    empty = {"features": val.tensors["features"][:0], "labels": val.tensors["labels"][:0]}
+    method = create_method("tip_adapter", tiny_clip, classes, opts)
+    info = method.fit_closed_form(train.tensors, empty)
+    assert (info["alpha"], info["beta"]) == (1.25, 0.75)
+    assert (float(method.alpha), float(method.beta)) == (1.25, 0.75)
+
+
+def test_tip_adapter_f_reference_order(tiny_clip, classes):
+    """Fine-tuning runs with the INITIAL alpha, beta (reproduced here step by step with full-batch AdamW);
+    only afterwards are alpha, beta searched on the VALIDATION part with the fine-tuned keys -- a search
+    on the train part would pick other values here."""
+    opts = {"init_alpha": 1.5, "init_beta": 2.0, "alpha_steps": 6, "beta_steps": 12}
+    method = create_method("tip_adapter_f", tiny_clip, classes, opts)
+    train, val = _part(tiny_clip, 12, 0), _part(tiny_clip, 9, 1)
+    cfg = TrainConfig(epochs=6, lr=0.05, batch_size=64, optimizer="adamw", weight_decay=0.01, warmup_epochs=0,
+                      scheduler="constant", progress=False)
+    result = fit(method, train, val, cfg)
+    assert (result.closed_form["alpha"], result.closed_form["beta"]) == (1.5, 2.0)  # no search before fine-tuning
+
+    f = normalize(train.tensors["features"]).double()
+    values = F.one_hot(train.labels, 3).double()
+    zs = (float(tiny_clip.logit_scale) * f @ method.classifier.double().t())
+    keys = f.clone().requires_grad_(True)
+    opt = torch.optim.AdamW([keys], lr=0.05, weight_decay=0.01)
+    for _ in range(6):
+        logits = zs + 1.5 * torch.exp(-2.0 * (1 - f @ keys.t())) @ values
+        opt.zero_grad()
+        F.cross_entropy(logits, train.labels).backward()
+        opt.step()
+    torch.testing.assert_close(method.cache_keys.detach().double(), keys.detach(), rtol=1e-4, atol=1e-5)
+
+    alphas = [i * (3.0 - 0.1) / 6 + 0.1 for i in range(6)]
+    betas = [i * (7.0 - 0.1) / 12 + 0.1 for i in range(12)]
+    fv = normalize(val.tensors["features"]).double()
+    zv = float(tiny_clip.logit_scale) * fv @ method.classifier.double().t()
+    k = method.cache_keys.detach().double()
+    on_val = _brute_force_search(zv, fv, k, values, val.labels, alphas, betas)
+    on_train = _brute_force_search(zs, f, k, values, train.labels, alphas, betas)
+    assert on_val != on_train  # the data tells the two apart
+    after = result.closed_form["after_fit"]
+    assert (after["alpha"], after["beta"]) == pytest.approx(on_val)
+    assert (float(method.alpha), float(method.beta)) == pytest.approx(on_val)
+
+
+def test_pre_search_keeps_the_earlier_order(tiny_clip, classes):
+    opts = {"pre_search": True, "alpha_steps": 6, "beta_steps": 12}
+    method = create_method("tip_adapter_f", tiny_clip, classes, opts)
+    train, val = _part(tiny_clip, 12, 0), _part(tiny_clip, 9, 1)
+    info = method.fit_closed_form(train.tensors, val.tensors)
+    f = normalize(train.tensors["features"]).double()
+    fv = normalize(val.tensors["features"]).double()
+    zv = float(tiny_clip.logit_scale) * fv @ method.classifier.double().t()
+    alphas = [i * (3.0 - 0.1) / 6 + 0.1 for i in range(6)]
+    betas = [i * (7.0 - 0.1) / 12 + 0.1 for i in range(12)]
+    expected = _brute_force_search(zv, fv, f, F.one_hot(train.labels, 3).double(), val.labels, alphas, betas)
+    assert (info["alpha"], info["beta"]) == pytest.approx(expected)

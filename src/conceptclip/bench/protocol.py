@@ -85,11 +85,12 @@ def prepare_backbone(spec: str, dataset, pools, out: Path, cache, align_epochs: 
     return backbone.to(device) if device else backbone
 
 
-def _train_config(method: str, settings: BenchSettings, seed: int, device: str | None) -> dict[str, Any]:
+def _train_config(method: str, settings: BenchSettings, seed: int, device: str | None,
+                  shots: int | None = None) -> dict[str, Any]:
     from conceptclip.methods import get_method_class
 
     cfg: dict[str, Any] = {"seed": seed, "progress": False, **settings.train_options}
-    defaults = get_method_class(method).train_defaults
+    defaults = get_method_class(method).train_defaults_for(shots)
     if method in settings.epochs:
         cfg["epochs"] = int(settings.epochs[method])
     elif settings.max_epochs is not None and "epochs" not in settings.train_options:
@@ -185,7 +186,7 @@ def run_protocol(protocol: str, dataset_spec: str, methods: Sequence[str], shots
             split = (fewshot_split if protocol == "fewshot" else base2novel_split)(dataset, pools, k, s)
             write_split(split, split_file)
             run_experiment(m, dataset, split, model, run_dir, method_config=settings.method_options.get(m) or None,
-                           train_config=_train_config(m, settings, s, device), cache=cache,
+                           train_config=_train_config(m, settings, s, device, k), cache=cache,
                            resume=run_dir.exists())
         records.append(run_record(protocol, m, k, s, json.loads(done.read_text(encoding="utf-8")), run_dir))
     bar.close()

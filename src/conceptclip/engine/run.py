@@ -68,7 +68,7 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
     method_kwargs = {"knowledge_exclude": split.tested_ids(), **(method_kwargs or {})}
     method = create_method(method_name, backbone, classnames, method_config, template=dataset.template,
                            multilabel=dataset.multilabel, dataset=dataset, **method_kwargs)
-    cfg = TrainConfig.from_dict({**method.train_defaults, **(train_config or {})})
+    cfg = TrainConfig.from_dict({**method.train_defaults_for(split.params.get("shots")), **(train_config or {})})
     backbone_spec = backbone.name
     # a self-contained folder: files named by the method's options and the aligned lite heads are
     # copied into it, with their sha256 (engine.files)

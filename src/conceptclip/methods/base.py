@@ -66,6 +66,12 @@ class Method(nn.Module):
         self.multilabel = multilabel
         self.context = context
 
+    @classmethod
+    def train_defaults_for(cls, shots: int | None = None) -> dict[str, Any]:
+        """The paper's training-loop defaults for a split of `shots` images per class (None: not a
+        K-shot split). Default: `train_defaults`; methods whose schedule depends on K override this."""
+        return dict(cls.train_defaults)
+
     # -- the interface -----------------------------------------------------------------
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

@@ -1,27 +1,35 @@
 """BiomedCoOp (Koleilat, Asgariandehkordi, Rivaz, Xiao, "BiomedCoOp: Learning to Prompt for
 Biomedical Vision-Language Models", CVPR 2025).
 
+The paper text available here is its project page only (no equations), so every formula below is
+the official code's: GitHub HealthX-Lab/BiomedCoOp@7ceb5a8, trainers/BiomedCoOp/biomedcoop_biomedclip.py
+(`CustomCLIP.forward`) and configs/trainers/BiomedCoOp/few_shot/<dataset>.yaml.
+
 CoOp's learnable context (M = 4 tokens from "a photo of a") guided by per-class LLM prompt
-ensembles {t_cj} (50 descriptions per class in the paper's banks, loaded through the knowledge
-layer). What the paper adds, as read here:
+ensembles {t_ci}, i = 1..P (P = N_PROMPTS = 50; prompt i of every class forms "prompt set" i):
 
-- SCCM, semantic consistency by contextual mapping (Sec. 3.2): pull each learned class feature
-  w_c towards its ensemble mean tbar_c = normalise(mean_j t_cj) with an L1 penalty,
-      L_SCCM = (1 / (C D)) sum_c || w_c - tbar_c ||_1
-- KDSP, knowledge distillation with selective prompting (Sec. 3.3): distil the zero-shot
-  prediction of the ensemble into the learned prompts, after a statistics-based pruning of
-  outlier prompts. Per image x and class c, with s_cj = cos(f(x), t_cj) and mu_c, sigma_c their
-  mean and (population) std over the class's prompts, prompt j is kept when
-  |s_cj - mu_c| <= tau * sigma_c; the teacher logit is z_c = exp(s) mean_{kept j} s_cj, and
-      L_KDSP = T^2 KL(softmax(z / T) || softmax(l / T))
+- SCCM (semantic consistency by contextual mapping): mean squared error between the learned class
+  features w_c and the ensemble mean tbar_c = normalise(mean_i t_ci) of ALL the class's prompts,
+      L_SCCM = (1 / (C D)) sum_c sum_d (w_cd - tbar_cd)^2                  (torch MSELoss, mean)
+- KDSP (knowledge distillation with selective prompting), per batch B:
+      s_i   = (1/B) sum_b max_c  e^s cos(f_b, t_ci)       score of prompt set i
+      z_i   = (s_i - median(s)) / median(|s - median(s)|)  (torch.median: the lower middle value)
+      keep i  iff  |(z_i - mean z) / std z| <= tau         (std with Bessel's correction, torch.std)
+      teacher logits  q_bc = e^s cos(f_b, normalise(mean_{kept i} t_ci))
+      L_KDSP = sum_{b,c} KL(softmax(q_b) || softmax(l_b))_c / (B C)       (reduction sum / numel)
   with l the learned prompts' logits.
-- Total: L = L_CE + lambda_1 L_SCCM + lambda_2 L_KDSP. Inference uses the learned prompts only.
+- Total: L = L_CE + lambda_SCCM L_SCCM + lambda_KDSP L_KDSP. Inference uses the learned prompts only.
 
-Defaults: n_ctx 4, ctx_init "a photo of a", SGD lr 0.0025, batch 4 (the paper's). The loss
-weights and tau are this implementation's choices (the official configuration was not
-available offline): lambda_1 = 25 makes the per-element L1 term comparable to the CE at the
-start, lambda_2 = 1, tau = 1.5, T = 1. Classes missing from the bank get a template ensemble
-(`prompts.ensembles.FALLBACK_TEMPLATES`); `describe()` records where every class's prompts came from.
+Per-dataset (lambda_SCCM, lambda_KDSP, tau) come from the official few-shot configs (`DATASET_TABLE`);
+PH2 (dermoscopy) takes DermaMNIST's. On any other dataset the defaults are OURS: the per-value median
+of the eleven official configs, (0.75, 0.75, 1.5) (also BUSI's and Kvasir's values).
+
+Our choices where the code does not say: a class with fewer than P prompts (a template fallback
+or a short bank list) repeats its list cyclically to fill the P prompt sets; when the median
+absolute deviation or the spread of z is zero (z undefined), or no prompt set passes (the official
+code would give NaN in both cases), every prompt set is kept. Earlier readings stay reachable: `sccm="l1"`, `kdsp_reduction="batchmean"`,
+`selection="per_image"` (per image and class, keep prompts with |s - mu| <= tau sigma), with
+lambda_sccm=25, lambda_kdsp=1 and `--set epochs=50` reproduce the previous default.
 """
 
 from __future__ import annotations
@@ -38,6 +46,33 @@ from conceptclip.methods.base import Method, MethodConfig
 from conceptclip.prompts import ContextPrompt, normalize
 from conceptclip.prompts.ensembles import encode_ensembles, ensemble_mean, resolve_ensembles
 
+# (lambda_SCCM, lambda_KDSP, tau) of configs/trainers/BiomedCoOp/few_shot/<name>.yaml (HealthX-Lab/BiomedCoOp@7ceb5a8)
+DATASET_TABLE: dict[str, tuple[float, float, float]] = {
+    "btmri": (0.5, 0.25, 1.5),
+    "busi": (0.75, 0.75, 1.5),
+    "chmnist": (0.25, 0.25, 1.5),
+    "covid": (0.5, 2.0, 1.5),
+    "ctkidney": (1.0, 0.5, 1.5),
+    "dermamnist": (5.0, 20.0, 1.5),
+    "kneexray": (5.0, 20.0, 1.75),
+    "kvasir": (0.75, 0.75, 1.5),
+    "lungcolon": (0.5, 0.5, 1.5),
+    "octmnist": (1.0, 0.75, 1.5),
+    "retina": (0.25, 0.25, 1.5),
+}
+DATASET_ALIASES = {"ph2": "dermamnist",  # PH2 is dermoscopy: DermaMNIST's values
+                   "covid19": "covid"}  # the bank's name (COVID_19) for the config's (covid)
+OTHER_DATASETS = (0.75, 0.75, 1.5)  # ours: per-value median of DATASET_TABLE
+
+
+def dataset_values(name: str | None) -> tuple[tuple[float, float, float], str]:
+    """(lambda_SCCM, lambda_KDSP, tau) for dataset `name` and where they come from."""
+    key = "".join(ch for ch in (name or "").lower() if ch.isalnum())
+    key = DATASET_ALIASES.get(key, key)
+    if key in DATASET_TABLE:
+        return DATASET_TABLE[key], f"official few-shot config {key}.yaml"
+    return OTHER_DATASETS, "ours: median of the official few-shot configs (dataset not in the table)"
+
 
 @dataclass
 class BiomedCoOpConfig(MethodConfig):
@@ -45,24 +80,60 @@ class BiomedCoOpConfig(MethodConfig):
     ctx_init: str = "a photo of a"
     bank: str = ""  # shared-bank name (e.g. "biomedcoop/BUSI") or a bank JSON file; "" = templates only
     class_map: dict[str, str] = field(default_factory=dict)  # dataset class -> bank class
-    lambda_sccm: float = 25.0
-    lambda_kdsp: float = 1.0
-    tau: float = 1.5  # z-score threshold of the prompt selection
-    temperature: float = 1.0
+    n_prompts: int = 50  # N_PROMPTS: prompt sets per class
+    lambda_sccm: float | None = None  # None: the dataset's value (DATASET_TABLE)
+    lambda_kdsp: float | None = None
+    tau: float | None = None  # threshold of the prompt-set selection
+    sccm: str = "mse"  # mse (official) | l1 (earlier reading: mean absolute difference)
+    kdsp_reduction: str = "numel"  # numel: KL summed / (B C) (official) | batchmean: KL summed / B
+    selection: str = "batch"  # batch: prompt sets by median/MAD z (official) | per_image: per image and class
+    temperature: float = 1.0  # distillation temperature T (logits / T, loss x T^2); the official code has none (T = 1)
     init_std: float = 0.02
 
 
-def sccm_loss(learned: torch.Tensor, ensemble_mean_features: torch.Tensor) -> torch.Tensor:
-    """L_SCCM: mean absolute difference between normalised learned (C, D) and ensemble-mean (C, D) features."""
-    return F.l1_loss(learned, ensemble_mean_features)
+def sccm_loss(learned: torch.Tensor, ensemble_mean_features: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """L_SCCM between learned (C, D) and ensemble-mean (C, D) features: mean squared (official) or absolute difference."""
+    if kind == "l1":
+        return F.l1_loss(learned, ensemble_mean_features)
+    return F.mse_loss(learned, ensemble_mean_features)
+
+
+def prompt_set_scores(image: torch.Tensor, feats: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """s_i = mean over the batch of max over classes of scale * cos(f_b, t_ci): (P,) for image (B, D), feats (C, P, D)."""
+    logits = scale * torch.einsum("bd,cpd->pbc", image, feats)  # (P, B, C)
+    return logits.max(-1).values.mean(-1)
+
+
+def select_prompt_sets(scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """Keep mask (P,): z = (s - median) / MAD, keep |(z - mean z) / std z| <= tau (all kept when undefined)."""
+    s = scores.detach().double().cpu()
+    med = torch.median(s)
+    mad = torch.median((s - med).abs())
+    keep_all = torch.ones_like(s, dtype=torch.bool)
+    if len(s) < 2 or not mad > 0:
+        return keep_all.to(scores.device)
+    z = (s - med) / mad
+    sd = torch.std(z)
+    if not sd > 0:
+        return keep_all.to(scores.device)
+    keep = ((z - z.mean()) / sd).abs().le(tau)
+    return (keep if keep.any() else keep_all).to(scores.device)  # none kept (tau < 1 / sqrt(2) at P = 2): all
+
+
+def batch_teacher_logits(image: torch.Tensor, feats: torch.Tensor, tau: float,
+                         scale: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official KDSP teacher: logits (B, C) from the kept prompt sets' normalised mean features, and the keep mask (P,)."""
+    keep = select_prompt_sets(prompt_set_scores(image, feats, scale), tau)
+    selected = normalize(feats[:, keep].mean(1))  # (C, D)
+    return scale * image @ selected.t(), keep
 
 
 def selective_teacher_logits(image: torch.Tensor, feats: torch.Tensor, mask: torch.Tensor, tau: float,
                              scale: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher logits (B, C) from the prompts that are not outliers for each image, and the keep mask (B, C, P).
+    """Earlier reading (`selection="per_image"`): teacher logits (B, C) and keep mask (B, C, P).
 
-    image (B, D) and feats (C, P, D) L2-normalised; mask (C, P) marks real prompts. Keep prompt j of
-    class c for image b when |s - mu| <= tau * sigma (population std over the class's real prompts)."""
+    Keep prompt j of class c for image b when |s - mu| <= tau * sigma (population std over the
+    class's real prompts, mask (C, P)); the teacher logit is scale * mean_{kept j} s_bcj."""
     s = torch.einsum("bd,cpd->bcp", image, feats)  # (B, C, P)
     m = mask.unsqueeze(0).to(s.dtype)
     n = m.sum(-1, keepdim=True).clamp_min(1.0)
@@ -73,18 +144,22 @@ def selective_teacher_logits(image: torch.Tensor, feats: torch.Tensor, mask: tor
     return scale * (s * k).sum(-1) / k.sum(-1).clamp_min(1.0), keep
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """T^2 * mean_batch KL(softmax(teacher / T) || softmax(student / T))."""
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+                      reduction: str = "numel") -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)) summed, divided by student.numel() (official)
+    or by the batch size (`batchmean`)."""
     t = temperature
-    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="batchmean",
-                    log_target=True) * t * t
+    kl = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="sum", log_target=True)
+    denom = student.numel() if reduction == "numel" else student.shape[0]
+    return kl / denom * t * t
 
 
 @register_method("biomedcoop")
 class BiomedCoOp(Method):
     Config = BiomedCoOpConfig
     inputs = frozenset({"features"})
-    train_defaults = {"optimizer": "sgd", "lr": 0.0025, "batch_size": 4, "epochs": 50, "warmup_epochs": 1,
+    # configs/trainers/BiomedCoOp/few_shot/*.yaml: SGD lr 0.0025, batch 4, 100 epochs, cosine, 1 constant warm-up epoch at 1e-5
+    train_defaults = {"optimizer": "sgd", "lr": 0.0025, "batch_size": 4, "epochs": 100, "warmup_epochs": 1,
                       "warmup_lr": 1e-5}
 
     def __init__(self, backbone, classnames, config=None, *, ensembles: dict[str, list[str]] | None = None,
@@ -93,8 +168,24 @@ class BiomedCoOp(Method):
         c = self.config
         if self.multilabel:
             raise ConfigError("biomedcoop's distillation needs a single-label dataset")
-        if c.tau < 0:
-            raise ConfigError(f"biomedcoop tau={c.tau}: expected a non-negative number")
+        for name, allowed in (("sccm", ("mse", "l1")), ("kdsp_reduction", ("numel", "batchmean")),
+                              ("selection", ("batch", "per_image"))):
+            if getattr(c, name) not in allowed:
+                raise ConfigError(f"biomedcoop {name}={getattr(c, name)!r}: expected one of {list(allowed)}")
+        if c.n_prompts < 1:
+            raise ConfigError(f"biomedcoop n_prompts={c.n_prompts}: expected a positive integer")
+        dataset = self.context.get("dataset")
+        table, source = dataset_values(getattr(dataset, "name", None))
+        chosen = {}
+        for name, value in zip(("lambda_sccm", "lambda_kdsp", "tau"), table):
+            given = getattr(c, name)
+            if given is not None and (isinstance(given, bool) or not isinstance(given, (int, float))):
+                raise ConfigError(f"biomedcoop {name}={given!r}: expected a number")
+            chosen[name] = float(value if given is None else given)
+        if chosen["tau"] < 0:
+            raise ConfigError(f"biomedcoop tau={chosen['tau']}: expected a non-negative number")
+        self.lambda_sccm, self.lambda_kdsp, self.tau = chosen["lambda_sccm"], chosen["lambda_kdsp"], chosen["tau"]
+        self.values_source = source if all(getattr(c, n) is None for n in chosen) else "given / " + source
         self.prompt = ContextPrompt.from_config(backbone, self.classnames, c)
         if ensembles is not None:  # given directly (class -> prompts), e.g. by a user
             missing = [n for n in self.classnames if not ensembles.get(n)]
@@ -105,18 +196,29 @@ class BiomedCoOp(Method):
             self.ensembles = Ensembles(list(self.classnames), [list(ensembles[n]) for n in self.classnames],
                                        {n: "given" for n in self.classnames})
         else:
-            dataset = self.context.get("dataset")  # base-to-novel: the map may name the other half's classes
             known = [n.replace("_", " ") for n in dataset.classnames] if dataset is not None else None
             self.ensembles = resolve_ensembles(self.classnames, c.bank, c.class_map, all_classes=known)
-        self._encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # lazily, for training
+            if c.bank and all(s.startswith("templates") for s in self.ensembles.sources.values()):
+                raise ConfigError(f"biomedcoop bank={c.bank!r} describes none of the classes {self.classnames}: "
+                                  "map them with class_map={dataset class: bank class} or leave bank empty "
+                                  "for the template fallback")
+        self._encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def encoded_ensembles(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(features (C, P, D), mask (C, P), ensemble means (C, D)), encoded once on first use."""
+    def encoded_ensembles(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(features (C, P, D), mask (C, P), ensemble means (C, D), prompt sets (C, n_prompts, D)), encoded once.
+
+        The ensemble mean (SCCM) is over the class's first n_prompts real prompts; the prompt sets
+        (KDSP) repeat a shorter list cyclically."""
         device = self.prompt.ctx.device
         if self._encoded is None or self._encoded[0].device != device:
-            feats, mask = encode_ensembles(self.backbone, self.ensembles.prompts)
+            n = self.config.n_prompts
+            firsts = [p[:n] for p in self.ensembles.prompts]
+            feats, mask = encode_ensembles(self.backbone, firsts)
             feats, mask = feats.to(device), mask.to(device)
-            self._encoded = (feats, mask, ensemble_mean(feats, mask))
+            counts = mask.sum(1)
+            idx = torch.arange(n, device=device).unsqueeze(0) % counts.unsqueeze(1)  # (C, n)
+            sets = torch.gather(feats, 1, idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+            self._encoded = (feats, mask, ensemble_mean(feats, mask), sets)
         return self._encoded
 
     def text_features(self) -> torch.Tensor:
@@ -131,20 +233,26 @@ class BiomedCoOp(Method):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c = self.config
-        feats, mask, means = self.encoded_ensembles()
+        feats, mask, means, sets = self.encoded_ensembles()
         text = self.text_features()
         image = normalize(batch["features"].to(text.dtype))
         logits = self._logits(text, image)
         ce = self.classification_loss(logits, batch["labels"])
-        sccm = sccm_loss(text, means.to(text.dtype))
+        sccm = sccm_loss(text, means.to(text.dtype), c.sccm)
+        scale = self.backbone.logit_scale.detach()
         with torch.no_grad():
-            teacher, keep = selective_teacher_logits(image, feats.to(text.dtype), mask, c.tau,
-                                                     self.backbone.logit_scale.detach())
-        kdsp = distillation_loss(logits, teacher, c.temperature)
-        total = ce + c.lambda_sccm * sccm + c.lambda_kdsp * kdsp
-        kept = keep.sum(-1).float() / mask.sum(-1).clamp_min(1).float().unsqueeze(0)
+            if c.selection == "batch":
+                teacher, keep = batch_teacher_logits(image, sets.to(text.dtype), self.tau, scale)
+                kept = keep.float().mean()
+            else:
+                teacher, keep = selective_teacher_logits(image, feats.to(text.dtype), mask, self.tau, scale)
+                kept = (keep.sum(-1).float() / mask.sum(-1).clamp_min(1).float().unsqueeze(0)).mean()
+        kdsp = distillation_loss(logits, teacher, c.temperature, c.kdsp_reduction)
+        total = ce + self.lambda_sccm * sccm + self.lambda_kdsp * kdsp
         return {"loss": total, "ce": ce.detach(), "sccm": sccm.detach(), "kdsp": kdsp.detach(),
-                "kept_fraction": kept.mean().detach()}
+                "kept_fraction": kept.detach()}
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "ensembles": self.ensembles.summary()}
+        return {**super().describe(), "ensembles": self.ensembles.summary(),
+                "values": {"lambda_sccm": self.lambda_sccm, "lambda_kdsp": self.lambda_kdsp, "tau": self.tau,
+                           "source": self.values_source}}

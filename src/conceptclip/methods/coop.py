@@ -8,6 +8,7 @@ engine serve cached image features. The shared mechanics live in `prompts.Contex
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -29,9 +30,18 @@ class CoOpConfig(MethodConfig):
 class CoOp(Method):
     Config = CoOpConfig
     inputs = frozenset({"features"})
-    # CoOp paper: SGD lr 0.002, batch 32, cosine, 1 warm-up epoch at 1e-5; 200 epochs at 16 shots
+    # CoOp paper: SGD lr 0.002, batch 32, cosine, 1 warm-up epoch at 1e-5. KgCoOp, ProGrad and DEAL reuse
+    # this dict (epochs 50); CoOp's own epochs depend on K (`train_defaults_for`).
     train_defaults = {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 50, "warmup_epochs": 1,
                       "warmup_lr": 1e-5}
+
+    @classmethod
+    def train_defaults_for(cls, shots: int | None = None) -> dict[str, Any]:
+        """Epochs by shots (CoOp paper, Sec. 4.1; official configs vit_b16_ep50 / ep100 / ep200 and
+        scripts/main.sh): 50 at 1-2 shots, 100 at 4-8, 200 at 16. Ours where neither says: 100 at 3,
+        200 above 16 shots and on splits that are not K-shot (`shots` None)."""
+        epochs = 200 if shots is None or shots > 8 else 100 if shots > 2 else 50
+        return {**cls.train_defaults, "epochs": epochs}
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)

@@ -18,10 +18,15 @@ setting of best accuracy);
 the results folder records how many settings tied (`ties_accuracy`, `ties_after_loss`).
 
 Tip-Adapter-F (Sec. 3.2) makes the keys learnable (initialised from F_train) and fine-tunes them
-with cross-entropy: AdamW, lr 0.001, batch 256, 20 epochs. As in the reference code, alpha, beta
-are searched on validation with the initial keys, kept during fine-tuning, and searched again on
-the same grid with the fine-tuned keys (`after_fit`, on the best epoch's keys); the re-searched
-values are buffers of the learned state, so a reloaded run scores with them. The reference code
+with cross-entropy: AdamW, lr 0.001, batch 256, 20 epochs. In the reference order (GitHub
+gaopengcuhk/Tip-Adapter, main.py `run_tip_adapter_F`) the keys are fine-tuned with the INITIAL
+alpha, beta (cfg init_alpha / init_beta, not searched values), and only then are alpha, beta searched
+on the validation part with the fine-tuned keys (`after_fit`, on the final -- or best -- epoch's
+keys); the searched values are buffers of the learned state, so a reloaded run scores with them.
+`pre_search=true` keeps the earlier order (a first search with the initial keys before fine-tuning,
+whose values are used during fine-tuning, then the second search). The reference code picks the
+fine-tuning epoch by TEST accuracy; here the engine tests the final epoch (or selects on
+validation). The reference code
 builds the keys from the mean of 10 augmented views of every training image; here they are the
 plain features (with `augment_views`, the fine-tuning epochs read cached augmented views).
 """
@@ -121,6 +126,11 @@ class TipAdapter(Method):
         self._set_keys(keys)
         self.cache_values = F.one_hot(labels, len(self.classnames)).float()
         chosen: dict[str, Any] = {"cache_size": int(keys.shape[0])}
+        if self.learn_keys and not getattr(self.config, "pre_search", False):  # Tip-Adapter-F: fine-tune first
+            self.alpha.fill_(float(self.config.init_alpha))
+            self.beta.fill_(float(self.config.init_beta))
+            return {**chosen, "alpha": self.config.init_alpha, "beta": self.config.init_beta,
+                    "searched": "after fine-tuning"}
         found = self.search_hyperparameters(val)
         chosen.update(found if found is not None else {"alpha": self.config.init_alpha, "beta": self.config.init_beta})
         return chosen
@@ -150,14 +160,21 @@ class TipAdapter(Method):
         super().load_learned_state(state)
 
 
+@dataclass
+class TipAdapterFConfig(TipAdapterConfig):
+    pre_search: bool = False  # True: also search alpha, beta before fine-tuning (not the reference order)
+
+
 @register_method("tip_adapter_f")
 class TipAdapterF(TipAdapter):
-    """Tip-Adapter-F: the cache keys are fine-tuned (initialised from F_train); values stay fixed."""
+    """Tip-Adapter-F: the cache keys are fine-tuned (initialised from F_train) with the initial alpha, beta;
+    values stay fixed; alpha, beta are searched on validation afterwards."""
 
+    Config = TipAdapterFConfig
     learn_keys = True
     train_defaults = {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "batch_size": 256, "epochs": 20,
                       "warmup_epochs": 0}
 
     def after_fit(self, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Re-search alpha, beta on `val` with the fine-tuned keys (the reference code's second search)."""
+        """Search alpha, beta on `val` (never `train`) with the fine-tuned keys (the reference order)."""
         return self.search_hyperparameters(val) or {}
