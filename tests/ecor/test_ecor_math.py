@@ -278,3 +278,37 @@ def test_predictions_fill_the_doubly_right_grid():
     grid = rationale_grid(d.pred, torch.tensor([1, 0, 0]), pred_r, truth)
     # image 1: right class, r2 present (RR); image 2: right class, r0 absent (RW); image 3: wrong, wrong (WW)
     assert grid == {"RR": 1 / 3, "RW": 1 / 3, "WR": 0.0, "WW": 1 / 3, "n": 3, "truth": "image"}
+
+
+def test_variants_and_the_inverse_model_by_hand(tiny_clip):
+    """uniform_rationale_prior: P(r | I) := 1/3; AB6 with conditional_softmax="grouped": P(r | c, I)
+    normalised within each class; the AB6 loss is -log P(c* | I) - log P(r* | c*, I)."""
+    flat = [U[c][r] for c in range(2) for r in range(3)]
+    w = [0.7, -0.3]
+    batch = {"features": torch.zeros(1, 32), "labels": torch.tensor([1]), "rationales": torch.tensor([[0.0, 1.0, 0.0]])}
+    uni = _method(tiny_clip, ablation="uniform_rationale_prior")
+    lj = uni.predict_rationales(batch)["log_joint"].exp()[0]
+    torch.testing.assert_close(lj, torch.tensor([p / 3 for p in _softmax(flat)]))
+    for grouped in (False, True):
+        m = _method(tiny_clip, ablation="AB6", **({"conditional_softmax": "grouped"} if grouped else {}))
+        base = m.similarities
+        m.similarities = lambda f, base=base: {**base(f), "class_logits": torch.tensor([w])}
+        lj = m.predict_rationales(batch)["log_joint"].exp()[0]
+        for c in range(2):
+            p_r_c = _softmax(U[c]) if grouped else [_softmax(flat)[c * 3 + r] for r in range(3)]
+            for r in range(3):
+                assert float(lj[c * 3 + r]) == pytest.approx(_softmax(w)[c] * p_r_c[r], rel=1e-5)
+        p_r_c = _softmax(U[1])[1] if grouped else _softmax(flat)[4]
+        assert float(m.loss(batch)["loss"]) == pytest.approx(-math.log(_softmax(w)[1]) - math.log(p_r_c), rel=1e-5)
+
+
+def test_class_prompts_and_training_defaults(tiny_clip):
+    from conceptclip.prompts.text_features import encode_prompts
+
+    m = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none", "ablation": "AB5"}, bank=BANK_A)
+    want = encode_prompts(tiny_clip, ["This is a photo of a melanoma.", "This is a photo of a nevus."])
+    torch.testing.assert_close(m.class_text, want)  # Prompt_c of AB2 / AB5 (Sec. IV-D)
+    assert not hasattr(create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none"}, bank=BANK_A), "class_text")
+    # ours (documented in docs/ecor.md): lr chosen on PH2's validation pool
+    assert m.train_defaults == {"optimizer": "adamw", "lr": 0.1, "weight_decay": 0.0, "batch_size": 32, "epochs": 20,
+                                "warmup_epochs": 0}

@@ -220,8 +220,9 @@ def test_bank_from_config_and_clear_errors(tiny_clip, tmp_path):
     for name in ("ecor", "dror"):
         with pytest.raises(ConfigError, match=rf"^{name}: option 'bank' is required \(there is no default bank\)"):
             create_method(name, tiny_clip, ["circle", "square"], {})
-    for key, value in (("model", "joint"), ("train_on", "all"), ("conditional_softmax", "pairs")):
-        with pytest.raises(ConfigError, match=f"{key}='{value}'"):
+    for key, value in (("model", "joint"), ("train_on", "all"), ("conditional_softmax", "pairs"),
+                       ("decision", "mean"), ("rationale_truth", "both"), ("top_k", 0)):
+        with pytest.raises(ConfigError, match=f"{key}={value!r}"):
             create_method("ecor", tiny_clip, CLASSES, {key: value}, bank=BANK)
     with pytest.raises(ConfigError, match="ablation='AB9'"):
         create_method("ecor", tiny_clip, CLASSES, {"ablation": "AB9"}, bank=BANK)

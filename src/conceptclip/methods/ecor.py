@@ -34,6 +34,7 @@ from conceptclip.explain.similarity import similarity_maps
 from conceptclip.knowledge.templates import ECOR_CATEGORY, ECOR_RATIONALE
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.metrics.rationale import CLASS_LEVEL_NOTE
 from conceptclip.prompts.rationales import (CONDITIONAL_SOFTMAX, Decision, SampleTruth, build_rationale_space, checked_template,
                                             conditional_log_softmax, load_bank_spec, marginal_decision,
                                             multi_positive_nll, positive_pairs, positive_sets, rationale_targets,
@@ -63,11 +64,6 @@ class RationaleConfig(MethodConfig):
     top_k: int = 5  # Sec. IV-A.2: "the top 5 selections"
     decision: str = "vote"  # vote (top-k max voting, Eq. 11) | marginal (ours)
     rationale_truth: str = "image"  # image: per-image annotations where given | class: the true class's bank list
-
-
-CLASS_LEVEL_NOTE = ("rationale truth is class-level (no per-image annotations unless batches carry 'rationales'): a rationale counts as right when the "
-                    "bank lists it for the true class, so the RR/RW/WR/WW grid says nothing about the image's "
-                    "evidence; with pairs='bank' RW = 0 and RR = accuracy identically")
 
 
 class RationaleMethod(Method):
@@ -201,8 +197,8 @@ class RationaleMethod(Method):
     def describe(self) -> dict[str, Any]:
         out = {**super().describe(), "rationale_space": self.space.summary(), "visual_prompt_kind": self.visual.kind,
                "rationale_truth_source": self.truth_source}
-        if self.sample_truth is None:  # unless batches carry "rationales", the grid has no rationale information
-            out["rationale_grid_note"] = CLASS_LEVEL_NOTE
+        if self.sample_truth is None:  # unless batches carry "rationales": the grid has no rationale information
+            out["rationale_grid_note"] = "unless batches carry per-image 'rationales': " + CLASS_LEVEL_NOTE
         return out
 
 @dataclass
