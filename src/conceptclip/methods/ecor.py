@@ -35,10 +35,10 @@ from conceptclip.knowledge.templates import ECOR_CATEGORY, ECOR_RATIONALE
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
 from conceptclip.metrics.rationale import CLASS_LEVEL_NOTE
-from conceptclip.prompts.rationales import (CONDITIONAL_SOFTMAX, Decision, SampleTruth, build_rationale_space, checked_template,
-                                            conditional_log_softmax, load_bank_spec, marginal_decision,
-                                            multi_positive_nll, positive_pairs, positive_sets, rationale_targets,
-                                            sample_truth, top_k_vote)
+from conceptclip.prompts.rationales import (CONDITIONAL_SOFTMAX, Decision, SampleTruth, build_rationale_space,
+                                            checked_template, conditional_log_softmax, load_bank_spec,
+                                            marginal_decision, multi_positive_nll, positive_pairs, positive_sets,
+                                            rationale_targets, sample_truth, top_k_vote)
 from conceptclip.prompts.text_features import encode_prompts
 from conceptclip.prompts.visual_prompts import build_visual_prompt
 
