@@ -308,6 +308,7 @@ def test_class_prompts_and_training_defaults(tiny_clip):
     m = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none", "ablation": "AB5"}, bank=BANK_A)
     want = encode_prompts(tiny_clip, ["This is a photo of a melanoma.", "This is a photo of a nevus."])
     torch.testing.assert_close(m.class_text, want)  # Prompt_c of AB2 / AB5 (Sec. IV-D)
+    assert m.learned_state() == {}  # prompt features are recomputed, never checkpointed
     assert not hasattr(create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none"}, bank=BANK_A), "class_text")
     # ours (documented in docs/ecor.md): lr chosen on PH2's validation pool
     assert m.train_defaults == {"optimizer": "adamw", "lr": 0.1, "weight_decay": 0.0, "batch_size": 32, "epochs": 20,

@@ -247,6 +247,9 @@ def test_pixel_prompt_touches_only_the_frame(tiny_clip):
     m.loss(pixel_batch(4))["loss"].backward()
     g = m.visual.prompt.grad[0, 0]
     assert float(g[4:28, 4:28].abs().sum()) == 0.0 and float(g[:4].abs().sum()) > 0
+    # the default frame: 30 px at 224 px, i.e. 4 px on tiny-clip's 32-px images
+    d = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "pixel"}, bank=BANK)
+    assert int(d.visual.mask[0, 0, 0].sum()) == 32 and int(d.visual.mask[0, 0, 16].sum()) == 8
 
 
 # -- lite: a convolutional tower -------------------------------------------------------
@@ -257,9 +260,15 @@ def lite_pixels() -> torch.Tensor:
     return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 
 
-def test_deep_prompts_need_a_vit(lite):
+def test_deep_prompts_need_a_vit(lite, lite_pixels):
     with pytest.raises(ConfigError, match=r"deep VPT\) needs a ViT image tower .*'lite' is convolutional"):
         create_method("ecor", lite, CLASSES, {"visual_prompt": "deep"}, bank=BANK)
+    # the default shallow prompt on lite: the feature-space prompt at the head conv (320 x 7 x 7)
+    m = create_method("ecor", lite, CLASSES, {}, bank=BANK)
+    assert m.visual.kind == "shallow" and tuple(m.visual.prompt.shape) == (320, 7, 7)
+    # explanations from cached tower prefixes (no "pixels") still carry the rationale map
+    out = m.explain({"tower_prefix": m.visual.prefix(lite_pixels)})
+    assert out["rationale_map"].shape == (2, 7, 7)
 
 
 def test_lite_feature_prompt_starts_at_the_frozen_tower(lite, lite_pixels):

@@ -123,7 +123,8 @@ def test_fallbacks_and_errors(toy, tiny_clip):
     plain = Dataset("plain", CLASSES, [Sample(s.id, s.path, label=s.label) for s in toy.samples])
     m = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none"}, bank=BANK_A, dataset=plain)
     assert m.sample_truth is None and m.describe()["rationale_truth_source"].endswith("annotations was given)")
-    assert "carries no per-image rationale information" in m.describe()["rationale_grid_note"]
+    note = m.describe()["rationale_grid_note"]
+    assert note.startswith("unless batches carry per-image 'rationales': ") and "no per-image rationale information" in note
     assert "rationale_grid_note" not in create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none"},
                                                       bank=BANK_A, dataset=toy).describe()
     batch = {"labels": torch.tensor([0, 1]), "sample": torch.tensor([0, 1])}
@@ -131,6 +132,7 @@ def test_fallbacks_and_errors(toy, tiny_clip):
     without = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none"}, bank=BANK_A)  # no dataset=
     assert without.sample_truth is None
     annotated = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none"}, bank=BANK_A, dataset=toy)
+    assert annotated.learned_state() == {}  # the truth tables are rebuilt from the dataset, not checkpointed
     with pytest.raises(ConfigError, match="batch 'sample'.*4 images"):
         annotated.rationale_targets({"labels": torch.tensor([0]), "sample": torch.tensor([4])})
 
