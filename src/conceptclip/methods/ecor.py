@@ -73,7 +73,7 @@ class RationaleMethod(Method):
     Config = RationaleConfig
     inputs = frozenset({"pixels"})
     # ours (the paper gives no optimiser): AdamW on the prompt only; lr chosen on PH2's validation pool
-    train_defaults = {"optimizer": "adamw", "lr": 0.1, "weight_decay": 0.0, "batch_size": 32, "epochs": 20,
+    train_defaults = {"optimizer": "adamw", "lr": 0.3, "weight_decay": 0.0, "batch_size": 32, "epochs": 20,
                       "warmup_epochs": 0}
 
     def __init__(self, backbone, classnames, config=None, *, bank=None, **kw) -> None:
