@@ -203,12 +203,14 @@ def main() -> None:  # noqa: C901 - one linear experiment
                     x = torch.nn.functional.normalize(tb["features"], dim=-1)
                     text = class_text_features(backbone, dataset.classnames, [dataset.template])
                     pred = (x @ text.t()).argmax(1)
+                    # (N, S) the rationale sets within the predicted class's bank list (not the candidate
+                    # pairs: with pairs="all" every class is paired with every set)
+                    own = frozen.positive_sets(frozen.class_truth[pred])
                     if name == "zero-shot CLIP":
                         p_r = frozen.similarities(tb["features"])["rationale_logits"]
-                        own = frozen.space.pair_mask[pred]  # (N, S) the predicted class's rationale sets
                         sets = torch.where(own, p_r, torch.full_like(p_r, float("-inf"))).argmax(1)
-                    else:
-                        sets = torch.stack([frozen.pair_set[(frozen.pair_class == c).nonzero()[0, 0]] for c in pred])
+                    else:  # the class's first bank rationale (lowest vocabulary index)
+                        sets = own.float().argmax(1)
                     rationales = frozen.set_matrix[sets].float()
             else:
                 kind, cfg, *extra = spec

@@ -313,3 +313,12 @@ def test_class_prompts_and_training_defaults(tiny_clip):
     # ours (docs/ecor.md): lr 0.3 chosen from {0.03, 0.1, 0.3} on PH2's validation pool (mean RR, seeds 1-3)
     assert m.train_defaults == {"optimizer": "adamw", "lr": 0.3, "weight_decay": 0.0, "batch_size": 32, "epochs": 20,
                                 "warmup_epochs": 0}
+
+
+def test_top_k_ties_at_the_cut_go_to_the_lower_pair_index():
+    """Pairs (class 1, 0.3), (class 0, 0.3), (class 0, 0.4): top-2 keeps 0.4 and the first 0.3."""
+    lj = torch.log(torch.tensor([[0.3, 0.3, 0.4]]))
+    d = top_k_vote(lj, torch.tensor([1, 0, 0]), 2, k=2)
+    assert d.votes.tolist() == [[1.0, 1.0]]
+    d = top_k_vote(lj, torch.tensor([0, 1, 1]), 2, k=2)
+    assert d.votes.tolist() == [[1.0, 1.0]] and d.pred.tolist() == [1]

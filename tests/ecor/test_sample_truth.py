@@ -147,3 +147,13 @@ def test_ph2_truth_matches_the_benchmarks(ph2, tiny_clip):
     assert m.sample_annotated.all() and torch.equal(m.sample_truth, expected)
     # per-image truth differs from the class lists for most images
     assert int((expected != m.class_truth[torch.tensor([s.label for s in ph2.samples])]).any(1).sum()) > 100
+
+
+def test_sample_rows_out_of_range_name_both_ends(toy, tiny_clip):
+    m = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none"}, bank=BANK_A, dataset=toy)
+    assert m.truth_source.startswith("image: dataset 'toy' annotations by batch 'sample' (3 of 4 images annotated")
+    with pytest.raises(ConfigError, match=r"4 images, got values in \[-1, 2\]"):
+        m.rationale_targets({"labels": torch.tensor([0, 1]), "sample": torch.tensor([-1, 2])})
+    with pytest.raises(ConfigError, match=r"4 images, got values in \[0, 4\]"):
+        m.rationale_targets({"labels": torch.tensor([0, 1]), "sample": torch.tensor([0, 4])})
+    assert m.rationale_targets({"labels": torch.tensor([0, 1]), "sample": torch.tensor([0, 3])}).shape == (2, 3)
