@@ -102,12 +102,12 @@ def test_joint_is_p_r_times_the_all_pairs_softmax(tiny_clip):
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 6])
 def test_top_k_max_voting_matches_the_paper_rule(tiny_clip, k):
     gen = torch.Generator().manual_seed(k)
+    m = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none", "top_k": k}, bank=BANK_A)
     for _ in range(20):
         z = (torch.randn(3, generator=gen) * 2).tolist()
         u = (torch.randn(2, 3, generator=gen) * 2).tolist()
-        m = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none", "top_k": k}, bank=BANK_A)
         zt, ut = torch.tensor([z]), torch.tensor([sum(u, [])])
-        m.similarities = lambda f: {"rationale_logits": zt, "pair_logits": ut}
+        m.similarities = lambda f, zt=zt, ut=ut: {"rationale_logits": zt, "pair_logits": ut}
         out = m.predict_rationales({"features": torch.zeros(1, 32)})
         joint = paper_joint(z, u)
         want = paper_vote(joint, k)
