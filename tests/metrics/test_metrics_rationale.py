@@ -64,6 +64,7 @@ def test_grid_topk_rule_from_scores_hand():
     # RR 0,2,4 ; RW 1 ; WR 5 ; WW 3
     g = rationale_grid(PRED_CLASS, TRUE_CLASS, scores, TRUE_R, rule="topk", k=1)
     assert g == pytest.approx({"RR": 3 / 6, "RW": 1 / 6, "WR": 1 / 6, "WW": 1 / 6, "n": 6, "truth": "image"})
+    assert rationale_grid(PRED_CLASS, TRUE_CLASS, scores, TRUE_R, rule="topk") == g  # k = 1 by default
     # k=2 rationale right T F F F T F -> RR 0,4 ; RW 1,2 ; WR none ; WW 3,5
     g = rationale_grid(PRED_CLASS, TRUE_CLASS, scores, TRUE_R, rule="topk", k=2)
     assert g == pytest.approx({"RR": 2 / 6, "RW": 2 / 6, "WR": 0.0, "WW": 2 / 6, "n": 6, "truth": "image"})
