@@ -115,3 +115,10 @@ def test_truth_level_detects_class_level_truth():
     g = rationale_grid(pred_c, true_c, pred_r, class_truth[true_c])
     assert g["RW"] == 0.0 and g["RR"] == pytest.approx(float((pred_c == true_c).float().mean()))
     assert g["truth"] == "class" and g["note"] == CLASS_LEVEL_NOTE
+
+
+def test_float_labels_must_be_integral():
+    g = rationale_grid(PRED_CLASS.float(), TRUE_CLASS, PRED_R, TRUE_R)
+    assert g == rationale_grid(PRED_CLASS, TRUE_CLASS, PRED_R, TRUE_R)
+    with pytest.raises(ConfigError, match="non-integral"):
+        rationale_grid(PRED_CLASS.float() + 0.5, TRUE_CLASS, PRED_R, TRUE_R)
