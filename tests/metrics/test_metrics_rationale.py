@@ -122,3 +122,11 @@ def test_float_labels_must_be_integral():
     assert g == rationale_grid(PRED_CLASS, TRUE_CLASS, PRED_R, TRUE_R)
     with pytest.raises(ConfigError, match="non-integral"):
         rationale_grid(PRED_CLASS.float() + 0.5, TRUE_CLASS, PRED_R, TRUE_R)
+
+
+def test_label_range_comes_from_both_label_vectors():
+    r = multi_hot([{0}, {1}])
+    g = rationale_grid(torch.tensor([0, 3]), torch.tensor([0, 1]), r, r)  # a predicted label above every true one
+    assert (g["RR"], g["WR"]) == (0.5, 0.5)
+    g = rationale_grid(torch.tensor([0, 0]), torch.tensor([0, 2]), r, r)  # a true label above every predicted one
+    assert (g["RR"], g["WR"]) == (0.5, 0.5)
