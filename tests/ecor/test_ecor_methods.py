@@ -318,3 +318,18 @@ def test_engine_run_and_reload_from_the_results_folder(image_folder, tiny_clip, 
     probs = predict(method, build_part(ds, split.parts["test"], method.inputs, method.backbone, FeatureCache()))
     rows = [line.split(",") for line in (out / "predictions.csv").read_text().splitlines()[1:]]
     assert torch.allclose(probs, torch.tensor([[float(v) for v in r[3:]] for r in rows]), atol=1e-5)
+
+
+def test_similarities_are_scaled_cosines_per_image(tiny_clip):
+    """logit_scale · cos(f(I), g(prompt)) for each image on its own (a batch of three)."""
+    m = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none"}, bank=BANK)
+    f = torch.randn(3, tiny_clip.embed_dim, generator=torch.Generator().manual_seed(2))
+    sims = m.similarities(f)
+    s = float(tiny_clip.logit_scale)
+    for i in range(3):
+        for j in range(m.pair_text.shape[0]):
+            cos = float(torch.nn.functional.cosine_similarity(f[i], m.pair_text[j], dim=0))
+            assert float(sims["pair_logits"][i, j]) == pytest.approx(s * cos, rel=1e-4, abs=1e-5)
+    out = m.predict_rationales({"features": f})
+    torch.testing.assert_close(out["rationale_probs"].sum(1), torch.ones(3))
+    torch.testing.assert_close(out["rationale_probs"][0], sims["rationale_logits"][0].softmax(0))
