@@ -18,13 +18,15 @@ def test_vocabulary_pairs_and_class_truth():
     s = build_rationale_space(BANK, ["melanoma", "nevus"])
     assert s.vocab == ["blue veil", "irregular streaks", "irregular dots", "regular network", "regular dots"]
     assert s.sets == [(0,), (1,), (2,), (3,), (4,)]
-    assert s.pair_mask.tolist() == [[True, True, True, False, False], [False, False, True, True, True]]
-    assert s.class_truth.tolist() == s.pair_mask.tolist()  # single sets: pairs = the bank's edges
-    assert s.summary()["pairs"] == 6
+    # default: every category x rationale permutation (ECOR Eq. 5)
+    assert bool(s.pair_mask.all()) and s.summary()["pairs"] == 10
+    assert s.class_truth.tolist() == [[True, True, True, False, False], [False, False, True, True, True]]
+    b = build_rationale_space(BANK, ["melanoma", "nevus"], pairs="bank")  # ours: the bank's edges only
+    assert b.pair_mask.tolist() == b.class_truth.tolist() and b.summary()["pairs"] == 6
 
 
 def test_prompts_follow_the_knowledge_templates():
-    s = build_rationale_space(BANK, ["melanoma", "nevus"])
+    s = build_rationale_space(BANK, ["melanoma", "nevus"], pairs="bank")
     assert s.rationale_prompts()[0] == "There are blue veil in the photo."
     texts, index = s.pair_prompts()
     assert texts[0] == "This is a photo of a melanoma because there is blue veil."
@@ -33,7 +35,7 @@ def test_prompts_follow_the_knowledge_templates():
 
 
 def test_class_sets_join_rationales_with_and():
-    s = build_rationale_space(BANK, ["melanoma", "nevus"], sets="class", max_per_class=2)
+    s = build_rationale_space(BANK, ["melanoma", "nevus"], sets="class", max_per_class=2, pairs="bank")
     assert s.sets == [(0, 1), (2, 3)]
     assert s.rationale_prompts()[0] == "There are blue veil and irregular streaks in the photo."
     texts, _ = s.pair_prompts()
@@ -78,8 +80,11 @@ def test_ph2_bank_and_per_image_truth(ph2):
     from conceptclip.knowledge import ph2_concepts_per_image
     from conceptclip.knowledge.loaders import load_shared_bank
 
-    s = build_rationale_space(load_shared_bank("ph2"), ph2.classnames)
+    s = build_rationale_space(load_shared_bank("ph2"), ph2.classnames, pairs="bank")
     assert len(s.vocab) == 16 and int(s.pair_mask.sum()) == 23
+    # P(c | R, I) is 1 by construction for every rationale the bank pairs with one class only
+    single = int((s.pair_mask.sum(0) == 1).sum())
+    assert single == 11 and int(build_rationale_space(load_shared_bank("ph2"), ph2.classnames).pair_mask.sum()) == 48
     per = ph2_concepts_per_image(ph2.root / "labels.csv")
     assert per["IMD003"] == ["symmetric shape", "typical pigment network", "dark-brown colour"]
     t = s.truth([per["IMD003"]])
@@ -97,7 +102,7 @@ def test_dror_banks_through_the_knowledge_loaders():
     if not (banks_dir() / "dror").is_dir():
         pytest.skip(f"DROR banks not found at {banks_dir() / 'dror'}")
     bank = load_shared_bank("dror/cifar10")
-    s = build_rationale_space(bank, list(bank.classes))
+    s = build_rationale_space(bank, list(bank.classes), pairs="bank")
     assert len(s.vocab) == 77 and int(s.pair_mask.sum()) == 79  # 79 entries, 77 distinct (data README)
     assert s.pair_prompts()[0][0] == "This is a photo of a airplane because there is two wings attached to the fuselage."
     graphs = load_shared_bank("dror/rationale_imagenet")

@@ -79,9 +79,12 @@ def test_engine_batches_carry_sample_rows_and_the_method_takes_each_images_truth
 
 
 def test_loss_through_an_engine_batch_uses_the_images_truth(toy, tiny_clip, tmp_path):
-    """Image "b" (nevus) is annotated with "irregular dots" only: example A of test_ecor_math,
-    L = log 3 + log 4/3 = log 4; its class's list {r1, r2} gives -(log 2/6 + log 3/6)/2 - log(3/4)/2."""
-    m = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none", "top_k": 1}, bank=BANK_A, dataset=toy)
+    """Image "b" (nevus) is annotated with "irregular dots" only. Former reading (bank pairs, softmax
+    within R): L = log 3 + log 4/3 = log 4; its class's list {r1, r2} gives
+    -(log 2/6 + log 3/6)/2 - log(3/4)/2."""
+    former = {"pairs": "bank", "conditional_softmax": "grouped"}
+    m = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none", "top_k": 1, **former}, bank=BANK_A,
+                      dataset=toy)
     _hand_logits(m, torch.log(torch.tensor([[1.0, 2.0, 3.0]])), torch.tensor([[5.0, 0.0, math.log(3.0), -2.0]]))
     batch = build_parts(toy, {"train": ["b"]}, m.inputs, tiny_clip, FeatureCache(tmp_path / "cache"))["train"].all()
     assert batch["sample"].tolist() == [1]
@@ -89,13 +92,14 @@ def test_loss_through_an_engine_batch_uses_the_images_truth(toy, tiny_clip, tmp_
     class_level = -(math.log(2 / 6) + math.log(3 / 6)) / 2 - math.log(0.75) / 2
     assert float(m.loss(batch)["loss"]) == pytest.approx(image_level)
     assert float(m.loss({k: v for k, v in batch.items() if k != "sample"})["loss"]) == pytest.approx(class_level)
-    ab6 = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none", "top_k": 1, "ablation": "AB6"},
+    ab6 = create_method("ecor", tiny_clip, CLASSES,
+                        {"visual_prompt": "none", "top_k": 1, "ablation": "class_truth", **former},
                         bank=BANK_A, dataset=toy)
     assert ab6.sample_truth is None and ab6.describe()["rationale_truth_source"].startswith("class")
     _hand_logits(ab6, torch.log(torch.tensor([[1.0, 2.0, 3.0]])), torch.tensor([[5.0, 0.0, math.log(3.0), -2.0]]))
     assert float(ab6.loss(batch)["loss"]) == pytest.approx(class_level)
     # DROR shares the truth: one softmax over the pairs (1/6, 1/12, 1/4, 1/2); image truth r1 -> pair (1, r1)
-    d = create_method("dror", tiny_clip, CLASSES, {"visual_prompt": "none"}, bank=BANK_A, dataset=toy)
+    d = create_method("dror", tiny_clip, CLASSES, {"visual_prompt": "none", "pairs": "bank"}, bank=BANK_A, dataset=toy)
     _hand_logits(d, torch.zeros(1, 3), torch.log(torch.tensor([[2.0, 1.0, 3.0, 6.0]])))
     assert float(d.loss(batch)["loss"]) == pytest.approx(-math.log(3 / 12))
     assert float(d.loss({k: v for k, v in batch.items() if k != "sample"})["loss"]) == pytest.approx(
@@ -119,11 +123,16 @@ def test_fallbacks_and_errors(toy, tiny_clip):
     plain = Dataset("plain", CLASSES, [Sample(s.id, s.path, label=s.label) for s in toy.samples])
     m = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none"}, bank=BANK_A, dataset=plain)
     assert m.sample_truth is None and m.describe()["rationale_truth_source"].endswith("annotations was given)")
+    note = m.describe()["rationale_grid_note"]
+    assert note.startswith("unless batches carry per-image 'rationales': ") and "no per-image rationale information" in note
+    assert "rationale_grid_note" not in create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none"},
+                                                      bank=BANK_A, dataset=toy).describe()
     batch = {"labels": torch.tensor([0, 1]), "sample": torch.tensor([0, 1])}
     assert m.rationale_targets(batch).int().tolist() == [CLASS_LEVEL[0], CLASS_LEVEL[1]]
     without = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none"}, bank=BANK_A)  # no dataset=
     assert without.sample_truth is None
     annotated = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none"}, bank=BANK_A, dataset=toy)
+    assert annotated.learned_state() == {}  # the truth tables are rebuilt from the dataset, not checkpointed
     with pytest.raises(ConfigError, match="batch 'sample'.*4 images"):
         annotated.rationale_targets({"labels": torch.tensor([0]), "sample": torch.tensor([4])})
 
@@ -138,3 +147,13 @@ def test_ph2_truth_matches_the_benchmarks(ph2, tiny_clip):
     assert m.sample_annotated.all() and torch.equal(m.sample_truth, expected)
     # per-image truth differs from the class lists for most images
     assert int((expected != m.class_truth[torch.tensor([s.label for s in ph2.samples])]).any(1).sum()) > 100
+
+
+def test_sample_rows_out_of_range_name_both_ends(toy, tiny_clip):
+    m = create_method("ecor", tiny_clip, CLASSES, {"visual_prompt": "none"}, bank=BANK_A, dataset=toy)
+    assert m.truth_source.startswith("image: dataset 'toy' annotations by batch 'sample' (3 of 4 images annotated")
+    with pytest.raises(ConfigError, match=r"4 images, got values in \[-1, 2\]"):
+        m.rationale_targets({"labels": torch.tensor([0, 1]), "sample": torch.tensor([-1, 2])})
+    with pytest.raises(ConfigError, match=r"4 images, got values in \[0, 4\]"):
+        m.rationale_targets({"labels": torch.tensor([0, 1]), "sample": torch.tensor([0, 4])})
+    assert m.rationale_targets({"labels": torch.tensor([0, 1]), "sample": torch.tensor([0, 3])}).shape == (2, 3)

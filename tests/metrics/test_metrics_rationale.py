@@ -8,6 +8,7 @@ import torch
 
 from conceptclip.errors import ConfigError
 from conceptclip.metrics import rationale_grid, right_rationale
+from conceptclip.metrics.rationale import CLASS_LEVEL_NOTE, truth_level
 
 
 def multi_hot(sets: list[set[int]], r: int = 4) -> torch.Tensor:
@@ -36,16 +37,16 @@ def test_grid_subset_rule_hand():
     # category right T T T F T F ; rationale right T F T T F F
     # RR rows 0,2 ; RW rows 1,4 ; WR row 3 ; WW row 5
     g = rationale_grid(PRED_CLASS, TRUE_CLASS, PRED_R, TRUE_R)
-    assert g == pytest.approx({"RR": 2 / 6, "RW": 2 / 6, "WR": 1 / 6, "WW": 1 / 6, "n": 6})
+    assert g == pytest.approx({"RR": 2 / 6, "RW": 2 / 6, "WR": 1 / 6, "WW": 1 / 6, "n": 6, "truth": "image"})
 
 
 def test_grid_any_and_exact_rules_hand():
     # any: rationale right T T T T F F -> RR 0,1,2 ; RW 4 ; WR 3 ; WW 5
     g = rationale_grid(PRED_CLASS, TRUE_CLASS, PRED_R, TRUE_R, rule="any")
-    assert g == pytest.approx({"RR": 3 / 6, "RW": 1 / 6, "WR": 1 / 6, "WW": 1 / 6, "n": 6})
+    assert g == pytest.approx({"RR": 3 / 6, "RW": 1 / 6, "WR": 1 / 6, "WW": 1 / 6, "n": 6, "truth": "image"})
     # exact: rationale right F F T T F F -> RR 2 ; RW 0,1,4 ; WR 3 ; WW 5
     g = rationale_grid(PRED_CLASS, TRUE_CLASS, PRED_R, TRUE_R, rule="exact")
-    assert g == pytest.approx({"RR": 1 / 6, "RW": 3 / 6, "WR": 1 / 6, "WW": 1 / 6, "n": 6})
+    assert g == pytest.approx({"RR": 1 / 6, "RW": 3 / 6, "WR": 1 / 6, "WW": 1 / 6, "n": 6, "truth": "image"})
 
 
 def test_grid_topk_rule_from_scores_hand():
@@ -62,10 +63,11 @@ def test_grid_topk_rule_from_scores_hand():
     # k=1 rationale right T F T F T T ; category T T T F T F
     # RR 0,2,4 ; RW 1 ; WR 5 ; WW 3
     g = rationale_grid(PRED_CLASS, TRUE_CLASS, scores, TRUE_R, rule="topk", k=1)
-    assert g == pytest.approx({"RR": 3 / 6, "RW": 1 / 6, "WR": 1 / 6, "WW": 1 / 6, "n": 6})
+    assert g == pytest.approx({"RR": 3 / 6, "RW": 1 / 6, "WR": 1 / 6, "WW": 1 / 6, "n": 6, "truth": "image"})
+    assert rationale_grid(PRED_CLASS, TRUE_CLASS, scores, TRUE_R, rule="topk") == g  # k = 1 by default
     # k=2 rationale right T F F F T F -> RR 0,4 ; RW 1,2 ; WR none ; WW 3,5
     g = rationale_grid(PRED_CLASS, TRUE_CLASS, scores, TRUE_R, rule="topk", k=2)
-    assert g == pytest.approx({"RR": 2 / 6, "RW": 2 / 6, "WR": 0.0, "WW": 2 / 6, "n": 6})
+    assert g == pytest.approx({"RR": 2 / 6, "RW": 2 / 6, "WR": 0.0, "WW": 2 / 6, "n": 6, "truth": "image"})
 
 
 def test_grid_accepts_class_scores_and_numpy_and_sums_to_one():
@@ -78,7 +80,9 @@ def test_grid_accepts_class_scores_and_numpy_and_sums_to_one():
     g2 = rationale_grid(PRED_CLASS, TRUE_CLASS, PRED_R, class_truth[TRUE_CLASS])
     # truth rows become {0,1},{0,1},{2},{2,3},{2,3},{0,1}: subset right T F T T F T
     # RR 0,2 ; RW 1,4 ; WR 3,5 ; WW none
-    assert g2 == pytest.approx({"RR": 2 / 6, "RW": 2 / 6, "WR": 2 / 6, "WW": 0.0, "n": 6})
+    assert g2 == pytest.approx({"RR": 2 / 6, "RW": 2 / 6, "WR": 2 / 6, "WW": 0.0, "n": 6, "truth": "class",
+                                "note": CLASS_LEVEL_NOTE})
+    assert "no per-image rationale information" in g2["note"]
 
 
 def test_grid_bad_inputs():
@@ -96,3 +100,33 @@ def test_grid_bad_inputs():
         right_rationale(np.random.rand(6, 4), TRUE_R, rule="topk", k=5)
     with pytest.raises(ConfigError, match="pred_rationales"):
         right_rationale(np.random.rand(6, 4), TRUE_R, rule="subset")  # scores need rule="topk"
+
+
+def test_truth_level_detects_class_level_truth():
+    labels = torch.tensor([0, 0, 1, 1])
+    rows = multi_hot([{0}, {0}, {1, 2}, {1, 2}])
+    assert truth_level(labels, rows) == "class"
+    assert truth_level(labels, multi_hot([{0}, {1}, {1, 2}, {1, 2}])) == "image"  # one image differs
+    assert truth_level(torch.tensor([0, 1]), multi_hot([{0}, {1}])) == "image"  # one image per class: unknown
+    # with class-level truth and rationales named within the predicted class's list: RW = 0, RR = accuracy
+    class_truth = multi_hot([{0, 1}, {2, 3}])
+    true_c, pred_c = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([0, 1, 1, 1, 0])
+    pred_r = multi_hot([{1}, {2}, {3}, {2}, {0}])  # each a rationale of the predicted class
+    g = rationale_grid(pred_c, true_c, pred_r, class_truth[true_c])
+    assert g["RW"] == 0.0 and g["RR"] == pytest.approx(float((pred_c == true_c).float().mean()))
+    assert g["truth"] == "class" and g["note"] == CLASS_LEVEL_NOTE
+
+
+def test_float_labels_must_be_integral():
+    g = rationale_grid(PRED_CLASS.float(), TRUE_CLASS, PRED_R, TRUE_R)
+    assert g == rationale_grid(PRED_CLASS, TRUE_CLASS, PRED_R, TRUE_R)
+    with pytest.raises(ConfigError, match="non-integral"):
+        rationale_grid(PRED_CLASS.float() + 0.5, TRUE_CLASS, PRED_R, TRUE_R)
+
+
+def test_label_range_comes_from_both_label_vectors():
+    r = multi_hot([{0}, {1}])
+    g = rationale_grid(torch.tensor([0, 3]), torch.tensor([0, 1]), r, r)  # a predicted label above every true one
+    assert (g["RR"], g["WR"]) == (0.5, 0.5)
+    g = rationale_grid(torch.tensor([0, 0]), torch.tensor([0, 2]), r, r)  # a true label above every predicted one
+    assert (g["RR"], g["WR"]) == (0.5, 0.5)

@@ -2,14 +2,15 @@
 Recognition: A Why Prompt for Visual Rationales", CVPR 2023), the method ECOR is compared with.
 
 DROR scores every (category, rationale) prompt "This is a photo of a {c} because there is {r}."
-directly, one softmax over all candidate pairs,
+directly, one softmax over all candidate pairs (ECOR's description of DROR, its ablation AB3),
 
     P(c, R | I) = exp(s · cos(f(I), g(c, R))) / sum_{(c', R')} exp(s · cos(f(I), g(c', R')))
 
-and learns visual prompts (the "why prompt"; here the same `prompts.visual_prompts` module as ECOR,
-text encoder frozen) with cross-entropy towards the true pairs (several true rationales: averaged).
-The most probable pair gives the category and its rationale (top_k = 1). Only the probability
-model differs from ECOR's factorisation P(R | I) · P(c | R, I), so the comparison isolates it.
+and learns visual prompts (the "why prompt"; here the same `prompts.visual_prompts` module and the
+same defaults as ECOR: every (c, R) pair, shallow prompt of 3 tokens, text encoder frozen) with
+cross-entropy towards the true pairs (several true rationales: averaged). The most probable pair
+gives the category and its rationale (top_k = 1, ours). Only the probability model differs from
+ECOR's factorisation P(R | I) · P(c | R, I), so the comparison isolates it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from conceptclip.methods import register_method
-from conceptclip.methods.ecor import RationaleConfig, RationaleMethod, multi_positive_nll, positive_pairs
+from conceptclip.methods.ecor import RationaleConfig, RationaleMethod
+from conceptclip.prompts.rationales import multi_positive_nll, positive_pairs
 
 
 @dataclass

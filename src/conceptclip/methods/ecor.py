@@ -1,239 +1,69 @@
-"""ECOR: explain the category by rationales (the `ecor` row of the design).
+"""ECOR: Explainable CLIP for Object Recognition (Rasekh, Kazemi Ranjbar, Heidari, Nejdl, 2024).
 
-An explainable recogniser predicts a category c *and* the rationales R that support it, from the
-joint distribution factorised as
+Equation numbers are the paper's. An explainable recogniser scores the category c *and* the
+rationales R from the joint P(c, R | I) = P(R | I) · P(c | R, I) (Sec. III-A):
 
-    P(c, R | I) = P(R | I) · P(c | R, I)                                           (Eq. 1)
+- Eq. 4: P(R | I) = softmax over all rationale prompts "There are {r1} and ... in the photo." of the
+  scaled cosine logit_scale · cos(f(I), g(prompt)) (text encoder frozen: prompt features once).
+- Eq. 5: P(c | R, I) = softmax over *all* conditional prompts "This is a photo of a {c} because
+  there is {r}.", all permutations of categories and rationales (`pairs="all"`,
+  `conditional_softmax="all"`; our variants: `pairs="bank"`, `conditional_softmax="grouped"`).
+- Eq. 6: shallow visual prompts, K = 3 tokens (Table I; `visual_prompt="deep"` is Eq. 7-8).
+- Eqs. 9-10: L = L_CLIP(images, their rationale prompts) + L_CLIP(images, conditional prompts),
+  i.e. E[-log P(R | I)] + E[-log P(c | R, I)]; only the visual prompt learns.
+- Eq. 11: rank the pairs by P(R | I) · P(c | R, I), keep the top k (5 in Sec. IV-A.2), max voting.
 
-- P(R | I): softmax over the candidate rationale sets R of the backbone's scaled cosine similarity
-  of the image with the rationale prompt "There are {r1} and {r2} ... in the photo."     (Eq. 2)
-- P(c | R, I): for each R, softmax over the categories paired with R of the similarity with the
-  category-given-rationale prompt "This is a photo of a {c} because there is {r}."      (Eq. 3)
-  (logits = logit_scale · cos(f(I), g(prompt)); the text encoder is frozen, so every prompt
-  feature is computed once.)
-- Training minimises the joint negative log-likelihood of the true category and rationales,
-      L = -log P(R* | I) - λ log P(c* | R*, I)     (λ = 1: exactly -log P(c*, R* | I))     (Eq. 4)
-  with several true rationales (an image shows several criteria) each term averages over them;
-  only visual prompts learn (shallow or deep VPT, `prompts.visual_prompts`). The true rationales
-  R* of an image: its annotated ones (batch "rationales", or, for a method built with an annotated
-  `dataset=` such as PH2, looked up by the engine batches' "sample" rows), else its class's.
-- Inference ranks every candidate pair (c, R) by P(c, R | I), keeps the top k and lets them vote:
-  the category with most pairs among the top k wins (max voting), ties going to the category
-  with the highest joint probability; the rationale explanation is that category's best R.   (Eq. 5)
-
-The factorisation, prompts, top-k max voting and visual prompt tuning follow ECOR (Rasekh et al.,
-"ECOR: Explainable CLIP for Object Recognition", 2024); the rationale banks and the doubly-right
-grid RR/RW/WR/WW come from the DROR line of work (Mao et al., CVPR 2023; Li, Ma, Peng, NeurIPS 2024,
-whose repository holds the rationale files). The DROR-style baseline is `methods/dror.py`.
-
-All probability computations work on the list of P candidate pairs (class index `pair_class`,
-set index `pair_set`), never a dense (C, S) grid, so large banks stay small in memory.
+Table IV ablations (`ablation="AB1"` ... "AB6", presets over `model`, `train_on`, the templates):
+AB1 just rationales, AB2 just categories (CLIP), AB3 just conditioning (DROR), AB4 false
+conditioning, AB5 independence, AB6 inverse ECOR. Our own variants keep descriptive names
+(`VARIANTS`). Shared mechanics (pairs, voting, losses, bank) are in `prompts.rationales`; the DROR
+baseline is `methods/dror.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from conceptclip.errors import ConfigError
-from conceptclip.knowledge.templates import ECOR_CATEGORY, ECOR_RATIONALE, PromptTemplate
+from conceptclip.explain.similarity import similarity_maps
+from conceptclip.knowledge.templates import ECOR_CATEGORY, ECOR_RATIONALE
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
-from conceptclip.prompts.rationales import build_rationale_space, dataset_rationales
+from conceptclip.metrics.rationale import CLASS_LEVEL_NOTE
+from conceptclip.prompts.rationales import (CONDITIONAL_SOFTMAX, Decision, SampleTruth, build_rationale_space,
+                                            checked_template, conditional_log_softmax, load_bank_spec,
+                                            marginal_decision, multi_positive_nll, positive_pairs, positive_sets,
+                                            rationale_targets, sample_truth, top_k_vote)
 from conceptclip.prompts.text_features import encode_prompts
 from conceptclip.prompts.visual_prompts import build_visual_prompt
-from conceptclip.explain.similarity import similarity_maps
 
-# ---------------------------------------------------------------------------------------------
-# pure functions on logits (pair form)
-# ---------------------------------------------------------------------------------------------
-
-
-def grouped_log_softmax(logits: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """log softmax of (B, P) logits within groups: out[b, p] = z[b, p] - log sum_{q: g(q) = g(p)} exp z[b, q]."""
-    g = group.to(logits.device)
-    b = logits.shape[0]
-    idx = g.unsqueeze(0).expand(b, -1)
-    m = logits.new_full((b, n_groups), float("-inf")).scatter_reduce(1, idx, logits, "amax", include_self=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
-    s = logits.new_zeros(b, n_groups).scatter_add(1, idx, (logits - m.gather(1, idx)).exp())
-    lse = m + s.clamp_min(torch.finfo(logits.dtype).tiny).log()
-    return logits - lse.gather(1, idx)
-
-
-def grouped_logsumexp(values: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """(B, P) -> (B, n_groups): log sum_{p in group} exp values[b, p] (-inf for an empty group)."""
-    g = group.to(values.device)
-    b = values.shape[0]
-    idx = g.unsqueeze(0).expand(b, -1)
-    m = values.new_full((b, n_groups), float("-inf")).scatter_reduce(1, idx, values, "amax", include_self=True)
-    safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    s = values.new_zeros(b, n_groups).scatter_add(1, idx, (values - safe.gather(1, idx)).exp())
-    return torch.where(s > 0, safe + s.clamp_min(torch.finfo(values.dtype).tiny).log(), m)
-
-
-def factorised_log_joint(rationale_logits: torch.Tensor, pair_logits: torch.Tensor, pair_set: torch.Tensor,
-                         use_rationale_prior: bool = True) -> torch.Tensor:
-    """log P(c, R | I) = log P(R | I) + log P(c | R, I) (Eq. 1) for every candidate pair, (B, P).
-
-    rationale_logits (B, S): P(R | I) = softmax_R (Eq. 2); pair_logits (B, P): P(c | R, I) = softmax
-    over the pairs sharing R (Eq. 3). Without the prior (ablation AB1) P(R | I) = 1 / S."""
-    n_sets = rationale_logits.shape[1]
-    log_c = grouped_log_softmax(pair_logits, pair_set, n_sets)
-    if use_rationale_prior:
-        log_r = rationale_logits.log_softmax(-1)
-    else:
-        log_r = rationale_logits.new_full(rationale_logits.shape, -torch.log(torch.tensor(float(n_sets))).item())
-    return log_r[:, pair_set.to(rationale_logits.device)] + log_c
-
-
-@dataclass
-class Decision:
-    """A joint decision: category (B,), its best pair (B,), votes (B, C) among the top k, the best
-    joint log-probability per class (B, C) and the class scores (B, C) the category maximises."""
-
-    pred: torch.Tensor
-    pair: torch.Tensor
-    votes: torch.Tensor
-    best: torch.Tensor
-    best_pair: torch.Tensor
-    scores: torch.Tensor
-
-
-def best_pair_per_class(log_joint: torch.Tensor, pair_class: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per class, the highest joint log-probability (B, C) and its pair (lowest index on ties; -1 when
-    the class has no pair)."""
-    pc = pair_class.to(log_joint.device)
-    b, p = log_joint.shape
-    idx = pc.unsqueeze(0).expand(b, -1)
-    best = log_joint.new_full((b, n_classes), float("-inf")).scatter_reduce(1, idx, log_joint, "amax", include_self=True)
-    at_best = log_joint == best.gather(1, idx)
-    cand = torch.where(at_best, torch.arange(p, device=log_joint.device).expand(b, -1), torch.full_like(idx, p))
-    arg = torch.full((b, n_classes), p, dtype=torch.long, device=log_joint.device).scatter_reduce(
-        1, idx, cand, "amin", include_self=True)
-    return best, torch.where(arg == p, torch.full_like(arg, -1), arg)
-
-
-def top_k_vote(log_joint: torch.Tensor, pair_class: torch.Tensor, n_classes: int, k: int) -> Decision:
-    """Max voting over the top-k pairs (Eq. 5): votes_c = #{top-k pairs of class c} (ranked by joint
-    probability, ties to the lower pair index); c* = argmax_c votes_c, ties broken by the highest
-    joint probability max_R P(c, R | I). Class scores: votes_c + max_R P(c, R | I) / 2 (the half
-    keeps the vote order: a probability never outweighs a vote)."""
-    if k < 1:
-        raise ConfigError(f"top_k={k}: expected a positive integer")
-    b, p = log_joint.shape
-    k = min(k, p)
-    order = torch.sort(log_joint, dim=1, descending=True, stable=True).indices[:, :k]
-    pc = pair_class.to(log_joint.device)
-    votes = log_joint.new_zeros(b, n_classes).scatter_add(1, pc[order], log_joint.new_ones(b, k))
-    best, best_pair = best_pair_per_class(log_joint, pc, n_classes)
-    scores = votes + best.exp() / 2
-    pred = scores.argmax(1)
-    return Decision(pred, best_pair.gather(1, pred[:, None]).squeeze(1), votes, best, best_pair, scores)
-
-
-def marginal_decision(log_joint: torch.Tensor, pair_class: torch.Tensor, n_classes: int) -> Decision:
-    """c* = argmax_c sum_R P(c, R | I) (ablation AB4); scores are the marginal log-probabilities."""
-    marg = grouped_logsumexp(log_joint, pair_class, n_classes)
-    best, best_pair = best_pair_per_class(log_joint, pair_class, n_classes)
-    pred = marg.argmax(1)
-    return Decision(pred, best_pair.gather(1, pred[:, None]).squeeze(1), torch.zeros_like(marg), best, best_pair, marg)
-
-
-def multi_positive_nll(log_probs: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """Mean over rows with a positive of -(1/|pos|) sum_{j in pos} log p_j (cross-entropy against the
-    uniform distribution over the positives; the usual CE for one positive)."""
-    pos = positive.bool()
-    has = pos.any(1)
-    if not bool(has.any()):
-        return log_probs.sum() * 0.0
-    per = -torch.where(pos, log_probs, torch.zeros_like(log_probs)).sum(1) / pos.sum(1).clamp_min(1)
-    return per[has].mean()
-
-
-def positive_pairs(labels: torch.Tensor, positive_sets: torch.Tensor, pair_class: torch.Tensor,
-                   pair_set: torch.Tensor) -> torch.Tensor:
-    """(B, P): pairs (y, R) of the true class whose set is right for the image; when none is, every
-    pair of the true class (the category term always trains)."""
-    own = pair_class.to(labels.device).unsqueeze(0) == labels.unsqueeze(1)
-    pos = own & positive_sets[:, pair_set.to(labels.device)]
-    return torch.where(pos.any(1, keepdim=True), pos, own)
-
-
-# ---------------------------------------------------------------------------------------------
-# configs
-# ---------------------------------------------------------------------------------------------
+MODELS = ("ecor", "conditional", "independent", "inverse")
+TRAIN_ON = ("model", "rationales", "categories")
+FALSE_CONDITIONING = "There is {rationale} because this is a photo of a {classname}."  # AB4 (Sec. IV-D.4)
 
 
 @dataclass
 class RationaleConfig(MethodConfig):
-    bank: str = ""  # shared-bank name ("ph2", "dror/cifar10", ...) or a bank JSON file
+    bank: str = ""  # required: a bank JSON file or a shared-bank name ("dror/cifar10", "ph2" for PH2 only)
     class_map: dict = field(default_factory=dict)  # {class: bank class} where names differ
-    rationale_sets: str = "single"  # single: every rationale alone | class: each class's list as one set
-    pairs: str = "bank"  # bank: (c, R) with R among c's rationales | all: every combination
+    rationale_sets: str = "single"  # single: every rationale alone (the paper's data: one per image) | class
+    pairs: str = "all"  # all: every (c, R) combination (Eq. 5) | bank: R among c's rationales (ours)
     max_rationales: int = 0  # per class, bank order (0 = all)
     rationale_field: str = "phrase"  # phrase | rationale (a concept's rationale text, e.g. DROR's ImageNet graphs)
-    rationale_template: str = ECOR_RATIONALE.text
-    category_template: str = ECOR_CATEGORY.text
-    visual_prompt: str = "auto"  # auto (deep on a ViT, shallow on conv) | deep | shallow | pixel | none
-    n_prompt_tokens: int = 8  # VPT tokens per layer (ViT)
+    rationale_template: str = ECOR_RATIONALE.text  # Prompt_R (Sec. III-C.1)
+    category_template: str = ECOR_CATEGORY.text  # Prompt_{c|R} (Sec. III-C.1)
+    visual_prompt: str = "shallow"  # Eq. 6, Table I (deep: Eqs. 7-8 | pixel | none | auto: deep on a ViT)
+    n_prompt_tokens: int = 3  # K of Eq. 6 (Table I: 3 on CIFAR, Food-101, Caltech-101)
     prompt_last_blocks: int = 0  # conv feature prompt: before the last N MBConv blocks (0: at the head conv)
     prompt_pad: int = 0  # pixel prompt frame width (0 = 30 px at 224 px)
-    top_k: int = 5
-    decision: str = "vote"  # vote (top-k max voting) | marginal
-    rationale_truth: str = "image"  # image: batch "rationales" when given | class: the true class's bank list
-
-
-@dataclass
-class EcorConfig(RationaleConfig):
-    use_rationale_prior: bool = True  # False: AB1
-    condition_on_rationale: bool = True  # False: AB2, P(c | I) from class_template
-    class_template: str = "This is a photo of a {classname}."
-    lam: float = 1.0  # λ of Eq. 4 (1: the joint NLL)
-    ablation: str = ""  # "" or AB1 ... AB6 (below); the preset wins over the fields it sets
-
-
-# The ablations, as switches over the factorised model (what each removes):
-ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
-    "AB1": ({"use_rationale_prior": False},
-            "no P(R | I): uniform rationale prior, category term only (joint = P(c | R, I) / S)"),
-    "AB2": ({"condition_on_rationale": False},
-            "no rationale conditioning: P(c | R, I) replaced by P(c | I) from 'This is a photo of a {c}.'"),
-    "AB3": ({"top_k": 1}, "no voting: the single most probable (c, R) pair decides"),
-    "AB4": ({"decision": "marginal"}, "marginalisation instead of voting: c = argmax_c sum_R P(c, R | I)"),
-    "AB5": ({"visual_prompt": "none"}, "no visual prompt tuning: the frozen backbone (zero-shot ECOR)"),
-    "AB6": ({"rationale_truth": "class"},
-            "class-level rationale supervision: every rationale of the true class counts as present"),
-}
-
-# ---------------------------------------------------------------------------------------------
-# shared machinery of rationale methods (ECOR, DROR)
-# ---------------------------------------------------------------------------------------------
-
-
-def load_bank_spec(spec: str, exclude: Sequence[str] | None = None):
-    """A `ConceptBank` from a bank JSON file or a shared-bank name (`exclude`: see `load_bank_any`)."""
-    from conceptclip.prompts.ensembles import load_bank_any
-
-    if not spec:
-        raise ConfigError("bank: a rationale method needs a rationale bank, e.g. bank='ph2' (PH2 dermoscopic "
-                          "criteria), bank='dror/cifar10' (DROR rationales) or a bank JSON file")
-    return load_bank_any(spec, exclude=exclude)
-
-
-def _template(name: str, text: str, slots: set[str]) -> PromptTemplate:
-    t = PromptTemplate(name, text, joiner=" and ")
-    try:
-        have = t.slots
-    except ValueError as exc:
-        raise ConfigError(f"{name}={text!r}: not a format string ({exc})") from None
-    if have != slots:
-        raise ConfigError(f"{name}={text!r}: expected exactly the slot(s) {sorted(slots)}, got {sorted(have)}")
-    return t
+    top_k: int = 5  # Sec. IV-A.2: "the top 5 selections"
+    decision: str = "vote"  # vote (top-k max voting, Eq. 11) | marginal (ours)
+    rationale_truth: str = "image"  # image: per-image annotations where given | class: the true class's bank list
 
 
 class RationaleMethod(Method):
@@ -242,8 +72,8 @@ class RationaleMethod(Method):
 
     Config = RationaleConfig
     inputs = frozenset({"pixels"})
-    # our choice for few-shot runs (the papers tune VPT on ImageNet-scale data): AdamW on the prompt only
-    train_defaults = {"optimizer": "adamw", "lr": 0.1, "weight_decay": 0.0, "batch_size": 32, "epochs": 20,
+    # ours (the paper gives no optimiser): AdamW on the prompt only; lr chosen on PH2's validation pool
+    train_defaults = {"optimizer": "adamw", "lr": 0.3, "weight_decay": 0.0, "batch_size": 32, "epochs": 20,
                       "warmup_epochs": 0}
 
     def __init__(self, backbone, classnames, config=None, *, bank=None, **kw) -> None:
@@ -255,7 +85,8 @@ class RationaleMethod(Method):
                 raise ConfigError(f"{type(c).__name__}.{name}={value!r}: expected one of {options}")
         if c.top_k < 1:
             raise ConfigError(f"{type(c).__name__}.top_k={c.top_k}: expected a positive integer")
-        bank = bank if bank is not None else load_bank_spec(c.bank, self.context.get("knowledge_exclude"))
+        bank = bank if bank is not None else load_bank_spec(c.bank, self.context.get("knowledge_exclude"),
+                                                            type(self).__name__.lower())
         self.bank_name = bank.name
         self.space = build_rationale_space(bank, self.classnames, class_map=c.class_map, sets=c.rationale_sets,
                                            pairs=c.pairs, max_per_class=c.max_rationales,
@@ -263,8 +94,8 @@ class RationaleMethod(Method):
         self.visual = build_visual_prompt(backbone, c.visual_prompt, n_tokens=c.n_prompt_tokens,
                                           last_blocks=c.prompt_last_blocks, pad=c.prompt_pad or None)
         self.inputs = self.visual.inputs
-        r_tmpl = _template("rationale_template", c.rationale_template, {"rationales"})
-        c_tmpl = _template("category_template", c.category_template, {"classname", "rationale"})
+        r_tmpl = checked_template("rationale_template", c.rationale_template, {"rationales"})
+        c_tmpl = checked_template("category_template", c.category_template, {"classname", "rationale"})
         self.rationale_texts = self.space.rationale_prompts(r_tmpl)
         self.pair_texts, index = self.space.pair_prompts(c_tmpl)
         self.register_buffer("pair_class", index[:, 0].clone(), persistent=False)
@@ -273,29 +104,15 @@ class RationaleMethod(Method):
         self.register_buffer("pair_text", encode_prompts(backbone, self.pair_texts), persistent=False)
         self.register_buffer("set_matrix", self.space.set_matrix, persistent=False)
         self.register_buffer("class_truth", self.space.class_truth, persistent=False)
-        self._build_sample_truth(self.context.get("dataset"))
+        table = sample_truth(self.space, self.context.get("dataset")) if c.rationale_truth == "image" else None
+        self.register_buffer("sample_truth", table.truth if table else None, persistent=False)
+        self.register_buffer("sample_annotated", table.annotated if table else None, persistent=False)
+        self.truth_source = table.source if table else (
+            "class: the bank's rationales of the true class" if c.rationale_truth == "class" else
+            "image where batches carry 'rationales', else class (no dataset with per-image rationale annotations "
+            "was given)")
 
-    def _build_sample_truth(self, dataset: Any) -> None:
-        """Per-image truth of the dataset the method was given (`dataset=`, as run_experiment passes):
-        `sample_truth` (N_dataset, V) bool and `sample_annotated` (N_dataset,) bool, indexed by the
-        batches' "sample" key; None when the dataset has no per-image rationale annotations or
-        rationale_truth="class". `truth_source` says which truth the loss uses."""
-        per = dataset_rationales(dataset) if dataset is not None and self.config.rationale_truth == "image" else None
-        if per is None:
-            self.register_buffer("sample_truth", None, persistent=False)
-            self.register_buffer("sample_annotated", None, persistent=False)
-            self.truth_source = ("class: the bank's rationales of the true class" if self.config.rationale_truth == "class"
-                                 else "image where batches carry 'rationales', else class (no dataset with "
-                                      "per-image rationale annotations was given)")
-            return
-        annotated = torch.tensor([p is not None for p in per], dtype=torch.bool)
-        self.register_buffer("sample_truth", self.space.truth([p or () for p in per]).bool(), persistent=False)
-        self.register_buffer("sample_annotated", annotated, persistent=False)
-        self.truth_source = (f"image: dataset {getattr(dataset, 'name', '?')!r} annotations by batch 'sample' "
-                             f"({int(annotated.sum())} of {len(per)} images annotated; the others and batches "
-                             "without 'sample' use the class's rationales)")
-
-    # -- image side ---------------------------------------------------------------------
+    # -- scores -------------------------------------------------------------------------
     def image_features(self, batch: dict[str, torch.Tensor], patches: bool = False):
         return self.visual.encode(batch, patches=patches)
 
@@ -308,7 +125,6 @@ class RationaleMethod(Method):
         s = self._scale()
         return {"rationale_logits": s * x @ self.rationale_text.t(), "pair_logits": s * x @ self.pair_text.t()}
 
-    # -- the model ----------------------------------------------------------------------
     def log_joint(self, sims: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -325,44 +141,25 @@ class RationaleMethod(Method):
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Class logits whose argmax is the joint decision: log of the vote scores (votes + best/2),
-        or the marginal log P(c | I) with decision="marginal"."""
+        or the log marginal with decision="marginal"."""
         d = self.forward_all(batch)["decision"]
-        if self.config.decision == "marginal":
-            return d.scores
-        return d.scores.clamp_min(1e-12).log()
+        return d.scores if self.config.decision == "marginal" else d.scores.clamp_min(1e-12).log()
 
+    # -- truth --------------------------------------------------------------------------
     def rationale_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, V) true rationales, with rationale_truth="image": the batch's per-image "rationales"
-        multi-hot when given; else, for a method given an annotated dataset, each image's own truth
-        looked up by the batch's "sample" rows (engine batches); else (and for images without
-        annotations, or rationale_truth="class") the bank's rationales of the true class."""
-        class_level = self.class_truth[batch["labels"]]
-        if self.config.rationale_truth != "image":
-            return class_level
-        if "rationales" in batch:
-            t = batch["rationales"]
-            if t.dim() != 2 or t.shape[1] != len(self.space.vocab):
-                raise ConfigError(f"batch 'rationales': expected (B, {len(self.space.vocab)}) multi-hot over the "
-                                  f"rationale vocabulary, got {tuple(t.shape)}")
-            return t.bool()
-        if self.sample_truth is None or "sample" not in batch:
-            return class_level
-        rows = batch["sample"].long()
-        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.sample_truth.shape[0]):
-            raise ConfigError(f"batch 'sample': rows must index the method's dataset of {self.sample_truth.shape[0]} "
-                              f"images, got values in [{int(rows.min())}, {int(rows.max())}]")
-        own = self.sample_annotated[rows].unsqueeze(1)
-        return torch.where(own, self.sample_truth[rows], class_level)
+        """(B, V) true rationales (`prompts.rationales.rationale_targets`): the batch's "rationales",
+        else the given dataset's annotations by "sample" row, else the true class's bank list."""
+        table = None if self.sample_truth is None else SampleTruth(self.sample_truth, self.sample_annotated, "")
+        return rationale_targets(batch, self.class_truth, table, self.config.rationale_truth == "image")
 
     def positive_sets(self, truth: torch.Tensor) -> torch.Tensor:
-        wrong = (self.set_matrix.unsqueeze(0) & ~truth.bool().unsqueeze(1)).any(-1)
-        return ~wrong
+        return positive_sets(self.set_matrix, truth)
 
     # -- explanations -------------------------------------------------------------------
     @torch.no_grad()
     def predict_rationales(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The category (B,), the rationale set that supports it (its best pair's set, (B,)), that set
-        as a multi-hot over the vocabulary (B, V), P(R | I) where the model has it, and the joint."""
+        as a multi-hot over the vocabulary (B, V), P(R | I) and the joint."""
         out = self.forward_all(batch)
         d: Decision = out["decision"]
         sets = self.pair_set[d.pair]
@@ -377,9 +174,8 @@ class RationaleMethod(Method):
 
     @torch.no_grad()
     def rationale_maps(self, batch: dict[str, torch.Tensor], sets: torch.Tensor | None = None) -> torch.Tensor:
-        """Rationale localisation: cosine similarity of every (prompted) patch token with each
-        rationale prompt (explain.similarity_maps), (B, S, h, w); with `sets` (B,), the map of one
-        set per image, (B, h, w)."""
+        """Cosine similarity of every (prompted) patch token with each rationale prompt, (B, S, h, w);
+        with `sets` (B,), the map of one set per image, (B, h, w)."""
         feats = self.image_features(batch, patches=True)
         if feats.patches is None:
             raise ConfigError("rationale_maps: this backbone returned no patch tokens")
@@ -399,8 +195,56 @@ class RationaleMethod(Method):
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "rationale_space": self.space.summary(), "visual_prompt_kind": self.visual.kind,
-                "rationale_truth_source": self.truth_source}
+        out = {**super().describe(), "rationale_space": self.space.summary(), "visual_prompt_kind": self.visual.kind,
+               "rationale_truth_source": self.truth_source}
+        if self.sample_truth is None:  # unless batches carry "rationales": the grid has no rationale information
+            out["rationale_grid_note"] = "unless batches carry per-image 'rationales': " + CLASS_LEVEL_NOTE
+        return out
+
+@dataclass
+class EcorConfig(RationaleConfig):
+    # ecor: P(R|I)·P(c|R,I) | conditional: P(c|R,I) alone (AB3) | independent: P(c|I)·P(R|I) (AB5)
+    # | inverse: P(c|I)·P(R|c,I) (AB6)
+    model: str = "ecor"
+    train_on: str = "model"  # model: its own terms | rationales: Eq. 9 only (AB1) | categories: P(c|I) only (AB2)
+    conditional_softmax: str = "all"  # all: Eq. 5 over every conditional prompt | grouped: within R (ours)
+    class_template: str = "This is a photo of a {classname}."  # Prompt_c of AB2 / AB5 / AB6
+    lam: float = 1.0  # weight of the conditional term (ours; 1 = the paper's plain sum, Eqs. 9-10)
+    use_rationale_prior: bool = True  # ours (variant uniform_rationale_prior): P(R | I) := 1 / S
+    condition_on_rationale: bool = True  # ours (variant class_prompt_conditional): P(c|R,I) := P(c|I)
+    ablation: str = ""  # a Table IV name (ABLATIONS) or one of our VARIANTS; the preset wins
+
+
+# Table IV of the paper: (the switches, what it is).
+ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "AB1": ({"train_on": "rationales"},
+            "Just Rationales: trained on Prompt_R only (Eq. 9); inference as ECOR (ours: the paper gives none)"),
+    "AB2": ({"model": "independent", "train_on": "categories"},
+            "Just Categories / CLIP: trained on 'This is a photo of a {c}.' only; rationales from the untrained "
+            "P(R | I), joint P(c | I) P(R | I) (ours: the paper gives no AB2 rationale rule)"),
+    "AB3": ({"model": "conditional"},
+            "Just Conditioning / DROR: trained and inferred with Prompt_{c|R} only, joint = Eq. 5"),
+    "AB4": ({"category_template": FALSE_CONDITIONING},
+            "False Conditioning: Prompt_{c|R} = 'There is {r} because this is a photo of a {c}.'"),
+    "AB5": ({"model": "independent"},
+            "Independence: P(c | I) P(R | I), Prompt_c = 'This is a photo of a {c}.', trained on both"),
+    "AB6": ({"model": "inverse"},
+            "Inverse ECOR: P(c | I) P(R | c, I); P(R | c, I) on the conditional prompts (ours: the paper gives "
+            "no AB6 prompt), trained on both"),
+}
+# Our own experiments (this project's former AB1-AB6), by what they change.
+VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
+    "uniform_rationale_prior": ({"use_rationale_prior": False},
+                                "no P(R | I): uniform prior 1 / S, no rationale term (joint = P(c | R, I) / S)"),
+    "class_prompt_conditional": ({"condition_on_rationale": False},
+                                 "P(c | R, I) replaced by P(c | I) from class_template"),
+    "top1": ({"top_k": 1}, "no voting: the single most probable (c, R) pair decides"),
+    "marginal": ({"decision": "marginal"}, "marginalisation instead of voting: c = argmax_c sum_R P(c, R | I)"),
+    "frozen": ({"visual_prompt": "none"}, "no visual prompt tuning: the frozen backbone (zero-shot ECOR)"),
+    "class_truth": ({"rationale_truth": "class"},
+                    "class-level rationale supervision: every rationale of the true class counts as present"),
+}
+PRESETS = {**ABLATIONS, **VARIANTS}
 
 
 @register_method("ecor")
@@ -408,53 +252,108 @@ class ECOR(RationaleMethod):
     Config = EcorConfig
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
-        config = self._with_ablation(config)
+        config = self._with_preset(config)
+        for name, options in (("model", MODELS), ("train_on", TRAIN_ON)):
+            if getattr(config, name) not in options:
+                raise ConfigError(f"EcorConfig.{name}={getattr(config, name)!r}: expected one of {options}")
+        if config.conditional_softmax not in CONDITIONAL_SOFTMAX:
+            raise ConfigError(f"EcorConfig.conditional_softmax={config.conditional_softmax!r}: expected one of "
+                              f"{CONDITIONAL_SOFTMAX}")
         super().__init__(backbone, classnames, config, **kw)
-        if not self.config.condition_on_rationale:
-            tmpl = _template("class_template", self.config.class_template, {"classname"})
+        if self.uses_class_prompt:
+            tmpl = checked_template("class_template", self.config.class_template, {"classname"})
             texts = [tmpl.fill(classname=c) for c in self.classnames]
             self.register_buffer("class_text", encode_prompts(backbone, texts), persistent=False)
 
     @classmethod
-    def _with_ablation(cls, config: Any) -> Any:
+    def _with_preset(cls, config: Any) -> EcorConfig:
         from conceptclip.methods.base import build_config
 
         if config is None or isinstance(config, dict):
             config = build_config(EcorConfig, config)
         if config.ablation:
-            if config.ablation not in ABLATIONS:
-                raise ConfigError(f"EcorConfig.ablation={config.ablation!r}: expected one of {sorted(ABLATIONS)} or ''")
-            config = dataclasses.replace(config, **ABLATIONS[config.ablation][0])
+            if config.ablation not in PRESETS:
+                raise ConfigError(f"EcorConfig.ablation={config.ablation!r}: expected '' or a Table IV ablation "
+                                  f"{sorted(ABLATIONS)} or one of our variants {sorted(VARIANTS)}")
+            config = dataclasses.replace(config, **PRESETS[config.ablation][0])
         return config
+
+    @property
+    def uses_class_prompt(self) -> bool:
+        c = self.config
+        return c.model in ("independent", "inverse") or c.train_on == "categories" or not c.condition_on_rationale
 
     def similarities(self, f: torch.Tensor) -> dict[str, torch.Tensor]:
         out = super().similarities(f)
-        if not self.config.condition_on_rationale:  # AB2: P(c | R, I) := P(c | I) over R's classes
+        if self.uses_class_prompt:
             x = F.normalize(f.to(self.class_text.dtype), dim=-1)
-            out["pair_logits"] = (self._scale() * x @ self.class_text.t())[:, self.pair_class]
+            out["class_logits"] = self._scale() * x @ self.class_text.t()
+            if not self.config.condition_on_rationale:  # variant: P(c | R, I) := P(c | I) over R's classes
+                out["pair_logits"] = out["class_logits"][:, self.pair_class]
         return out
 
+    # -- the probability model ------------------------------------------------------------
+    def _log_p_r(self, sims: dict[str, torch.Tensor]) -> torch.Tensor:
+        """log P(R | I), Eq. 4 (B, S); the variant uniform_rationale_prior: log 1 / S."""
+        r = sims["rationale_logits"]
+        if self.config.use_rationale_prior:
+            return r.log_softmax(-1)
+        return torch.full_like(r, -float(torch.tensor(float(r.shape[1])).log()))
+
+    def _log_c_given_r(self, sims: dict[str, torch.Tensor]) -> torch.Tensor:
+        """log P(c | R, I) per pair, Eq. 5 (B, P)."""
+        return conditional_log_softmax(sims["pair_logits"], self.pair_set, len(self.space.sets),
+                                       self.config.conditional_softmax)
+
+    def _log_r_given_c(self, sims: dict[str, torch.Tensor]) -> torch.Tensor:
+        """log P(R | c, I) per pair (AB6), on the same conditional prompts (B, P)."""
+        return conditional_log_softmax(sims["pair_logits"], self.pair_class, len(self.classnames),
+                                       self.config.conditional_softmax)
+
     def log_joint(self, sims: dict[str, torch.Tensor]) -> torch.Tensor:
-        return factorised_log_joint(sims["rationale_logits"], sims["pair_logits"], self.pair_set,
-                                    self.config.use_rationale_prior)
+        """log P(c, R | I) of every candidate pair (B, P) under `model` (ECOR: Eq. 11's product)."""
+        m = self.config.model
+        if m == "conditional":
+            return self._log_c_given_r(sims)
+        if m == "ecor":
+            return self._log_p_r(sims)[:, self.pair_set] + self._log_c_given_r(sims)
+        log_c = sims["class_logits"].log_softmax(-1)[:, self.pair_class]
+        if m == "independent":
+            return log_c + self._log_p_r(sims)[:, self.pair_set]
+        return log_c + self._log_r_given_c(sims)
+
+    def loss_terms(self) -> tuple[str, ...]:
+        """The cross-entropy terms trained: l_r = -log P(R* | I) (Eq. 9), l_c = -log P(c* | R*, I)
+        (Eq. 10), l_class = -log P(c* | I), l_rc = -log P(R* | c*, I)."""
+        c = self.config
+        if c.train_on == "rationales":
+            return ("l_r",)
+        if c.train_on == "categories":
+            return ("l_class",)
+        terms = {"ecor": ("l_r", "l_c"), "conditional": ("l_c",), "independent": ("l_r", "l_class"),
+                 "inverse": ("l_class", "l_rc")}[c.model]
+        return tuple(t for t in terms if t != "l_r" or c.use_rationale_prior)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Eq. 4: L_R = -log P(R* | I) and L_C = -log P(c* | R*, I), each averaged over the true sets."""
+        """Eqs. 9-10 (and the ablations' terms), each a mean over the images of the true sets' mean."""
         sims = self.similarities(self.image_features(batch).global_)
         labels = batch["labels"]
         pos_sets = self.positive_sets(self.rationale_targets(batch))
-        log_c = grouped_log_softmax(sims["pair_logits"], self.pair_set, len(self.space.sets))
-        l_c = multi_positive_nll(log_c, positive_pairs(labels, pos_sets, self.pair_class, self.pair_set))
-        terms = {"l_c": l_c.detach()}
-        total = self.config.lam * l_c
-        if self.config.use_rationale_prior:
-            l_r = multi_positive_nll(sims["rationale_logits"].log_softmax(-1), pos_sets)
-            total = total + l_r
-            terms["l_r"] = l_r.detach()
-        return {"loss": total, **terms}
+        terms: dict[str, torch.Tensor] = {}
+        for name in self.loss_terms():
+            if name == "l_r":
+                terms[name] = multi_positive_nll(sims["rationale_logits"].log_softmax(-1), pos_sets)
+            elif name == "l_class":
+                terms[name] = F.cross_entropy(sims["class_logits"], labels)
+            else:
+                log_p = self._log_c_given_r(sims) if name == "l_c" else self._log_r_given_c(sims)
+                terms[name] = multi_positive_nll(log_p, positive_pairs(labels, pos_sets, self.pair_class,
+                                                                       self.pair_set))
+        total = sum(self.config.lam * v if k == "l_c" else v for k, v in terms.items())
+        return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
         if self.config.ablation:
-            out["ablation"] = {"name": self.config.ablation, "what": ABLATIONS[self.config.ablation][1]}
+            out["ablation"] = {"name": self.config.ablation, "what": PRESETS[self.config.ablation][1]}
         return out

@@ -1,7 +1,10 @@
 """ECOR's doubly-right grid: right/wrong category x right/wrong rationale.
 
 Rationales are indexed 0..R-1 (a rationale vocabulary); sets are multi-hot rows (N, R). When the
-truth is per class rather than per image, pass `class_rationales[true_class]`.
+truth is per class rather than per image, pass `class_rationales[true_class]`: the grid then says
+so (`"truth": "class"` and a `"note"`), since a "right" rationale only means one the bank lists for
+the true class, not one the image shows (DROR's banks; with a method that names a rationale of the
+predicted class only, RW = 0 and RR = accuracy identically).
 """
 
 from __future__ import annotations
@@ -63,6 +66,25 @@ def right_rationale(
     return (pred == truth).all(dim=1)
 
 
+CLASS_LEVEL_NOTE = ("class-level rationale truth (every image of a class has the same rationales): the grid "
+                    "carries no per-image rationale information; a right rationale only means one listed for the "
+                    "true class (RW = 0 and RR = accuracy whenever the predicted rationale belongs to the predicted "
+                    "class)")
+
+
+def truth_level(true_class: torch.Tensor, truth: torch.Tensor) -> str:
+    """"class" when every image of each class has the same truth row and some class has two or more
+    images (the truth is a function of the class), else "image"."""
+    repeated = False
+    for c in torch.unique(true_class):
+        rows = truth[true_class == c]
+        if rows.shape[0] > 1:
+            repeated = True
+            if not bool((rows == rows[0]).all()):
+                return "image"
+    return "class" if repeated else "image"
+
+
 def rationale_grid(
     pred_class: ArrayLike,
     true_class: ArrayLike,
@@ -71,14 +93,15 @@ def rationale_grid(
     *,
     rule: Rule = "subset",
     k: int = 1,
-) -> dict[str, float]:
+) -> dict[str, float | int | str]:
     """Fractions of samples in each cell of the doubly-right grid (they sum to 1):
 
         RR = mean_i [c_i = y_i and R_i right]     RW = mean_i [c_i = y_i and R_i wrong]
         WR = mean_i [c_i != y_i and R_i right]    WW = mean_i [c_i != y_i and R_i wrong]
 
     `pred_class` is (N,) labels or (N, C) scores (argmax); "R_i right" follows `rule` of
-    `right_rationale`. Returns {"RR", "RW", "WR", "WW", "n"}.
+    `right_rationale`. Returns {"RR", "RW", "WR", "WW", "n", "truth"}: "truth" is `truth_level`, and
+    a class-level truth adds "note" (`CLASS_LEVEL_NOTE`): report that instead of the grid.
     """
     pc = as_tensor(pred_class, "pred_class")
     tc = as_tensor(true_class, "true_class")
@@ -105,10 +128,15 @@ def rationale_grid(
     def frac(mask: torch.Tensor) -> float:
         return float(mask.sum()) / n
 
-    return {
+    level = truth_level(tc, check_binary(as_tensor(true_rationales, "true_rationales"), "true_rationales"))
+    out: dict[str, float | int | str] = {
         "RR": frac(good_c & good_r),
         "RW": frac(good_c & ~good_r),
         "WR": frac(~good_c & good_r),
         "WW": frac(~good_c & ~good_r),
         "n": n,
+        "truth": level,
     }
+    if level == "class":
+        out["note"] = CLASS_LEVEL_NOTE
+    return out

@@ -1,4 +1,5 @@
-"""Rationale spaces: which (category, rationale set) pairs a doubly-right model scores, and their prompts.
+"""Rationale spaces: which (category, rationale set) pairs a doubly-right model scores, their prompts,
+and the probability/decision mechanics shared by the rationale methods (ECOR, DROR).
 
 A `RationaleSpace` is built from a concept bank (class -> rationale phrases, e.g. DROR's LLM
 rationales or PH2's dermoscopic criteria per diagnosis):
@@ -6,8 +7,9 @@ rationales or PH2's dermoscopic criteria per diagnosis):
 - `vocab`: the V distinct rationale phrases (bank order, duplicates merged case-insensitively);
 - `sets`: the S candidate rationale sets R, as tuples of vocabulary indices: every phrase alone
   (`sets="single"`, default) or each class's phrase list as one set (`sets="class"`);
-- `pair_mask` (C, S): the candidate pairs (c, R): those the bank links (`pairs="bank"`: R within
-  the class's rationales) or every combination (`pairs="all"`);
+- `pair_mask` (C, S): the candidate pairs (c, R): every combination (`pairs="all"`, default: ECOR's
+  Eq. 5 takes "all permutations of categories and rationales") or those the bank links
+  (`pairs="bank"`: R within the class's rationales; ours);
 - `class_truth` (C, V): the bank's rationales of each class (class-level truth where no per-image
   annotation exists).
 
@@ -17,6 +19,10 @@ dermoscopic criteria, or `attrs["rationales"]`) and `space.truth(...)` turns the
 Prompts come from the knowledge templates: the rationale prompt "There are {r1} and {r2} in the
 photo." (P(R | I)) and the category-given-rationale prompt "This is a photo of a {c} because there
 is {r}." (P(c | R, I)), a set's phrases joined by " and ".
+
+Shared mechanics (below the space): softmax within groups of pairs, top-k max voting, the
+multi-positive cross-entropy, the positive pairs of an image, the bank loader (no default bank)
+and template checks.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from conceptclip.knowledge.templates import ECOR_CATEGORY, ECOR_RATIONALE, Promp
 
 SET_KINDS = ("single", "class")
 FIELDS = ("phrase", "rationale")
-PAIR_KINDS = ("bank", "all")
+PAIR_KINDS = ("all", "bank")
+CONDITIONAL_SOFTMAX = ("all", "grouped")
 # a set's phrases read "r1 and r2" in both prompts
 CATEGORY_TEMPLATE = replace(ECOR_CATEGORY, joiner=" and ")
 
@@ -99,9 +106,7 @@ class RationaleSpace:
 
     def positive_sets(self, truth: torch.Tensor) -> torch.Tensor:
         """(B, S) bool: candidate set R is right for the image, R ⊆ T_i (every rationale in it is true)."""
-        m = self.set_matrix.to(truth.device)
-        wrong = (m.unsqueeze(0) & ~truth.bool().unsqueeze(1)).any(-1)  # some member not in the truth
-        return ~wrong
+        return positive_sets(self.set_matrix, truth)
 
     def sets_to_multihot(self, set_index: torch.Tensor) -> torch.Tensor:
         """Predicted set indices (B,) -> rationale multi-hot (B, V)."""
@@ -152,7 +157,7 @@ def match_bank_classes(bank: ConceptBank, classnames: Sequence[str],
 
 
 def build_rationale_space(bank: ConceptBank, classnames: Sequence[str], *, class_map: Mapping[str, str] | None = None,
-                          sets: str = "single", pairs: str = "bank", max_per_class: int = 0,
+                          sets: str = "single", pairs: str = "all", max_per_class: int = 0,
                           field: str = "phrase") -> RationaleSpace:
     """The rationale space of `classnames` from `bank` (see the module docstring). `field="rationale"`
     reads each concept's rationale text where it has one (DROR's ImageNet graphs: "body is olive
@@ -199,3 +204,198 @@ def build_rationale_space(bank: ConceptBank, classnames: Sequence[str], *, class
     else:
         mask = torch.tensor([[set(s) <= set(idx) for s in set_list] for idx in per_class], dtype=torch.bool)
     return RationaleSpace(list(classnames), vocab, set_list, mask, class_truth, bank.name, bank.content_hash)
+
+
+# ---------------------------------------------------------------------------------------------
+# probabilities, decisions and losses over the P candidate pairs (shared by ECOR and DROR): every
+# function works on the pair list (class index `pair_class`, set index `pair_set`), never a dense
+# (C, S) grid, so large banks stay small in memory
+# ---------------------------------------------------------------------------------------------
+
+
+def grouped_log_softmax(logits: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """log softmax of (B, P) logits within groups: out[b, p] = z[b, p] - log sum_{q: g(q) = g(p)} exp z[b, q]."""
+    g = group.to(logits.device)
+    b = logits.shape[0]
+    idx = g.unsqueeze(0).expand(b, -1)
+    m = logits.new_full((b, n_groups), float("-inf")).scatter_reduce(1, idx, logits, "amax", include_self=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
+    s = logits.new_zeros(b, n_groups).scatter_add(1, idx, (logits - m.gather(1, idx)).exp())
+    lse = m + s.clamp_min(torch.finfo(logits.dtype).tiny).log()
+    return logits - lse.gather(1, idx)
+
+
+def grouped_logsumexp(values: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """(B, P) -> (B, n_groups): log sum_{p in group} exp values[b, p] (-inf for an empty group)."""
+    g = group.to(values.device)
+    b = values.shape[0]
+    idx = g.unsqueeze(0).expand(b, -1)
+    m = values.new_full((b, n_groups), float("-inf")).scatter_reduce(1, idx, values, "amax", include_self=True)
+    safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = values.new_zeros(b, n_groups).scatter_add(1, idx, (values - safe.gather(1, idx)).exp())
+    return torch.where(s > 0, safe + s.clamp_min(torch.finfo(values.dtype).tiny).log(), m)
+
+
+@dataclass
+class Decision:
+    """A joint decision: category (B,), its best pair (B,), votes (B, C) among the top k, the best
+    joint log-probability per class (B, C) and the class scores (B, C) the category maximises."""
+
+    pred: torch.Tensor
+    pair: torch.Tensor
+    votes: torch.Tensor
+    best: torch.Tensor
+    best_pair: torch.Tensor
+    scores: torch.Tensor
+
+
+def best_pair_per_class(log_joint: torch.Tensor, pair_class: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, the highest joint log-probability (B, C) and its pair (lowest index on ties; -1 when
+    the class has no pair)."""
+    pc = pair_class.to(log_joint.device)
+    b, p = log_joint.shape
+    idx = pc.unsqueeze(0).expand(b, -1)
+    best = log_joint.new_full((b, n_classes), float("-inf")).scatter_reduce(1, idx, log_joint, "amax", include_self=True)
+    at_best = log_joint == best.gather(1, idx)
+    cand = torch.where(at_best, torch.arange(p, device=log_joint.device).expand(b, -1), torch.full_like(idx, p))
+    arg = torch.full((b, n_classes), p, dtype=torch.long, device=log_joint.device).scatter_reduce(
+        1, idx, cand, "amin", include_self=True)
+    return best, torch.where(arg == p, torch.full_like(arg, -1), arg)
+
+
+def top_k_vote(log_joint: torch.Tensor, pair_class: torch.Tensor, n_classes: int, k: int) -> Decision:
+    """ECOR's inference (Eq. 11 and the text after it): the top k pairs by joint probability (ties to
+    the lower pair index) vote, votes_c = #{top-k pairs of class c}, and c* = argmax_c votes_c ("max
+    voting"). Ours where the paper is silent: vote ties go to the highest max_R P(c, R | I); class
+    scores votes_c + max_R P(c, R | I) / 2 (the half keeps the vote order for a joint <= 1)."""
+    if k < 1:
+        raise ConfigError(f"top_k={k}: expected a positive integer")
+    b, p = log_joint.shape
+    k = min(k, p)
+    order = torch.sort(log_joint, dim=1, descending=True, stable=True).indices[:, :k]
+    pc = pair_class.to(log_joint.device)
+    votes = log_joint.new_zeros(b, n_classes).scatter_add(1, pc[order], log_joint.new_ones(b, k))
+    best, best_pair = best_pair_per_class(log_joint, pc, n_classes)
+    scores = votes + best.exp() / 2
+    pred = scores.argmax(1)
+    return Decision(pred, best_pair.gather(1, pred[:, None]).squeeze(1), votes, best, best_pair, scores)
+
+
+def marginal_decision(log_joint: torch.Tensor, pair_class: torch.Tensor, n_classes: int) -> Decision:
+    """c* = argmax_c sum_R P(c, R | I) (our variant `decision="marginal"`); scores: the log marginals."""
+    marg = grouped_logsumexp(log_joint, pair_class, n_classes)
+    best, best_pair = best_pair_per_class(log_joint, pair_class, n_classes)
+    pred = marg.argmax(1)
+    return Decision(pred, best_pair.gather(1, pred[:, None]).squeeze(1), torch.zeros_like(marg), best, best_pair, marg)
+
+
+def multi_positive_nll(log_probs: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Mean over rows with a positive of -(1/|pos|) sum_{j in pos} log p_j: ECOR's L_CLIP (Eq. 1) for
+    one positive per image (the paper's data: one rationale per image); with several true rationales
+    (PH2) the cross-entropy against the uniform distribution over them (ours)."""
+    pos = positive.bool()
+    has = pos.any(1)
+    if not bool(has.any()):
+        return log_probs.sum() * 0.0
+    per = -torch.where(pos, log_probs, torch.zeros_like(log_probs)).sum(1) / pos.sum(1).clamp_min(1)
+    return per[has].mean()
+
+
+def positive_pairs(labels: torch.Tensor, positive_sets: torch.Tensor, pair_class: torch.Tensor,
+                   pair_set: torch.Tensor) -> torch.Tensor:
+    """(B, P): pairs (y, R) of the true class whose set is right for the image; when none is, every
+    pair of the true class (the category term always trains)."""
+    own = pair_class.to(labels.device).unsqueeze(0) == labels.unsqueeze(1)
+    pos = own & positive_sets[:, pair_set.to(labels.device)]
+    return torch.where(pos.any(1, keepdim=True), pos, own)
+
+
+def conditional_log_softmax(pair_logits: torch.Tensor, group: torch.Tensor, n_groups: int, over: str) -> torch.Tensor:
+    """log of a conditional distribution over the candidate pairs (B, P): `over="all"` one softmax
+    over every pair (ECOR's Eq. 5: "among all possible conditional prompts ... all permutations of
+    categories and rationales"); `over="grouped"` a softmax within each group (pairs sharing R for
+    P(c | R, I), sharing c for P(R | c, I); our reading, a normalised conditional)."""
+    if over == "all":
+        return pair_logits.log_softmax(-1)
+    if over == "grouped":
+        return grouped_log_softmax(pair_logits, group, n_groups)
+    raise ConfigError(f"conditional_softmax={over!r}: expected one of {CONDITIONAL_SOFTMAX}")
+
+
+def load_bank_spec(spec: str, exclude: Sequence[str] | None = None, method: str = "a rationale method") -> ConceptBank:
+    """A `ConceptBank` from a bank JSON file or a shared-bank name (`exclude`: see `load_bank_any`).
+    No default bank: a bank belongs to its dataset's classes (PH2's criteria mean nothing for other
+    classes), so an empty spec is a ConfigError naming the option."""
+    from conceptclip.prompts.ensembles import load_bank_any
+
+    if not spec:
+        raise ConfigError(f"{method}: option 'bank' is required (there is no default bank): pass the rationale bank "
+                          "of your classes, e.g. --set bank=my_bank.json (class -> rationale phrases, see "
+                          "docs/own-data.md), or a shared bank whose classes match yours such as bank=dror/cifar10 "
+                          "(bank=ph2 only for PH2's three diagnoses)")
+    return load_bank_any(spec, exclude=exclude)
+
+
+def checked_template(name: str, text: str, slots: set[str]) -> PromptTemplate:
+    """A prompt template whose slots must be exactly `slots` (ConfigError naming the option otherwise)."""
+    t = PromptTemplate(name, text, joiner=" and ")
+    try:
+        have = t.slots
+    except ValueError as exc:
+        raise ConfigError(f"{name}={text!r}: not a format string ({exc})") from None
+    if have != slots:
+        raise ConfigError(f"{name}={text!r}: expected exactly the slot(s) {sorted(slots)}, got {sorted(have)}")
+    return t
+
+
+def positive_sets(set_matrix: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(B, S) bool: candidate set R is right for the image, R ⊆ T_i (every rationale in it is true)."""
+    wrong = (set_matrix.to(truth.device).unsqueeze(0) & ~truth.bool().unsqueeze(1)).any(-1)
+    return ~wrong
+
+
+@dataclass
+class SampleTruth:
+    """Per-image rationale truth of a dataset: `truth` (N, V) bool, `annotated` (N,) bool, indexed by
+    the engine batches' "sample" rows (the image's row in `dataset.samples`)."""
+
+    truth: torch.Tensor
+    annotated: torch.Tensor
+    source: str
+
+
+def sample_truth(space: RationaleSpace, dataset: Any) -> SampleTruth | None:
+    """The per-image truth table of `dataset` in `space`'s vocabulary, or None when the dataset has no
+    per-image rationale annotations (`dataset_rationales`)."""
+    per = dataset_rationales(dataset) if dataset is not None else None
+    if per is None:
+        return None
+    annotated = torch.tensor([p is not None for p in per], dtype=torch.bool)
+    source = (f"image: dataset {getattr(dataset, 'name', '?')!r} annotations by batch 'sample' ({int(annotated.sum())} "
+              f"of {len(per)} images annotated; the others and batches without 'sample' use the class's rationales)")
+    return SampleTruth(space.truth([p or () for p in per]).bool(), annotated, source)
+
+
+def rationale_targets(batch: Mapping[str, torch.Tensor], class_truth: torch.Tensor,
+                      table: SampleTruth | None, per_image: bool = True) -> torch.Tensor:
+    """(B, V) true rationales of a batch: with `per_image`, the batch's "rationales" multi-hot when
+    given; else the `table` rows picked by the batch's "sample" key; else (and for unannotated
+    images, or `per_image=False`) the true class's bank rationales `class_truth[labels]`."""
+    class_level = class_truth[batch["labels"]]
+    if not per_image:
+        return class_level
+    if "rationales" in batch:
+        t = batch["rationales"]
+        if t.dim() != 2 or t.shape[1] != class_truth.shape[1]:
+            raise ConfigError(f"batch 'rationales': expected (B, {class_truth.shape[1]}) multi-hot over the "
+                              f"rationale vocabulary, got {tuple(t.shape)}")
+        return t.bool()
+    if table is None or "sample" not in batch:
+        return class_level
+    rows = batch["sample"].long()
+    n = table.truth.shape[0]
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n):
+        raise ConfigError(f"batch 'sample': rows must index the method's dataset of {n} images, got values in "
+                          f"[{int(rows.min())}, {int(rows.max())}]")
+    rows = rows.to(table.truth.device)
+    return torch.where(table.annotated[rows].unsqueeze(1), table.truth[rows], class_level)
