@@ -91,7 +91,7 @@ def main() -> None:  # noqa: C901 - one linear experiment
     from conceptclip.engine.config import TrainConfig
     from conceptclip.engine.data import Part
     from conceptclip.engine.trainer import fit, seed_everything
-    from conceptclip.explain import center_gaussian_maps, upsample_maps
+    from conceptclip.explain import baseline_maps, upsample_maps
     from conceptclip.io import write_json, write_text
     from conceptclip.knowledge.skin import ph2_concepts_per_image
     from conceptclip.methods import create_method
@@ -146,7 +146,8 @@ def main() -> None:  # noqa: C901 - one linear experiment
     test_ids = pools.parts["test"]
     test_samples = [dataset.by_id(i) for i in test_ids]
     masks = load_masks([s.mask for s in test_samples], backbone.image_size)
-    centre = pointing_game(center_gaussian_maps(len(test_ids), backbone.image_size), masks)
+    base = baseline_maps(len(test_ids), (7, 7), backbone.image_size)  # lite's 7 x 7 grid
+    centre, random_pg = (pointing_game(base[k], masks) for k in ("centre", "random"))
 
     def part(ids, space):
         r = torch.tensor([row_of[i] for i in ids])
@@ -247,10 +248,11 @@ def main() -> None:  # noqa: C901 - one linear experiment
     notes = (f"\nPH2 test pool {len(test_ids)} images, {args.shots}-shot training, seeds {args.seeds}, "
              f"options {base_cfg}; lr {lr}"
              + (f" chosen on the validation pool from {selection}" if selection else "") + "; "
-             f"centre-Gaussian pointing game {centre:.3f}; ablations: "
+             f"pointing-game baselines: centre Gaussian {centre:.3f}, random maps {random_pg:.3f}; ablations: "
              + "; ".join(f"{k}: {v[1]}" for k, v in ABLATIONS.items()) + "\n")
     print("\n" + table + notes)
     write_json(args.out / "ecor_ph2.json", {"runs": results, "summary": summary, "centre_pointing_game": centre,
+                                            "random_pointing_game": random_pg,
                                             "lr": lr, "lr_selection": selection,
                                             "shots": args.shots, "seeds": args.seeds, "options": base_cfg,
                                             "rationale_space": space.summary(), "vocabulary": space.vocab})
