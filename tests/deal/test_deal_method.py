@@ -56,8 +56,11 @@ def test_concepts_from_a_bank_file_with_class_map_and_top_k(tiny_clip, tmp_path)
 
 
 def test_concept_resolution_errors(tiny_clip, tmp_path):
-    with pytest.raises(ConfigError, match="no concepts: set the bank"):
+    with pytest.raises(ConfigError, match="deal needs concepts: set bank \\(--set bank="):
         create_method("deal", tiny_clip, ["melanoma", "nevus"])
+    for key, value in (("contrastive", "triplet"), ("explain_prompts", "sentence"), ("disen_reduction", "max")):
+        with pytest.raises(ConfigError, match=f"deal {key}='{value}': expected one of"):
+            make_deal(tiny_clip, {key: value})
     with pytest.raises(ConfigError, match="no concept phrases given for class 'nevus'"):
         create_method("deal", tiny_clip, ["melanoma", "nevus"], {"concepts": {"melanoma": ["streaks"]}})
     path = save_bank(simple_bank("toy", {"melanoma": ["streaks"]}, source=PAPER), tmp_path / "b.json")
@@ -88,6 +91,19 @@ def test_a_category_prompt_filling_the_context_exactly_is_accepted(tiny_clip):
     with pytest.raises(ConfigError, match="the prompt needs 33 tokens .*but only 32 are available.*n_concepts=0"):
         create_method("deal", tiny_clip, ["melanoma"],
                       {"concepts": {"melanoma": concepts + ["dark blue round dots"]}, "n_concepts": 0})
+
+
+def test_no_default_bank_on_another_datasets_classes(tiny_clip):
+    """The PH2 criteria are the default on the PH2 dataset only: on any other dataset (here one whose
+    classes happen to be PH2's) DEAL requires the bank, naming the option."""
+    from types import SimpleNamespace
+
+    ph2_classes = ["common nevus", "atypical nevus", "melanoma"]
+    with pytest.raises(ConfigError, match="set bank .*PH2 criteria are the default on PH2 only"):
+        create_method("deal", tiny_clip, ph2_classes, dataset=SimpleNamespace(name="shapes"))
+    method = create_method("deal", tiny_clip, ["circle", "square"], {"bank": "", "concepts": {
+        "circle": ["round edge"], "square": ["four corners"]}}, dataset=SimpleNamespace(name="shapes"))
+    assert method.config.bank == "" and method.concept_lists.sources == {"circle": "given", "square": "given"}
 
 
 @pytest.mark.shared_data
@@ -157,13 +173,16 @@ def test_contributions_sum_to_the_concept_averaged_logits(tiny_clip):
         torch.testing.assert_close(method.logits(batch), s * x @ text[:3].t())
 
 
-def test_similarity_heatmaps_are_adapted_patch_prompt_similarities(tiny_clip):
-    method = make_deal(tiny_clip, {"heatmap": "similarity", "map_norm": "minmax"})
+@pytest.mark.parametrize("mode", ["raw", "template"])
+def test_similarity_heatmaps_are_adapted_patch_text_similarities(tiny_clip, mode):
+    method = make_deal(tiny_clip, {"heatmap": "similarity", "map_norm": "minmax", "explain_prompts": mode})
     batch = token_batch(tiny_clip.embed_dim)
     maps = method.concept_maps(batch, batch["labels"], create_graph=True)
     assert maps.concepts.requires_grad
+    texts = list(CONCEPTS) + [x for p in CONCEPTS.values() for x in p]  # raw class names, raw phrases
     with torch.no_grad():
-        sims = similarity_maps(method.adapter(batch["patches"]), method.all_text_features(), grid=(4, 4))
+        text = F.normalize(tiny_clip.encode_texts(texts), dim=-1) if mode == "raw" else method.all_text_features()
+        sims = similarity_maps(method.adapter(batch["patches"]), text, grid=(4, 4))
     i = 1  # a nevus image: category prompt 1, concept prompts 3 + (3, 4)
     torch.testing.assert_close(maps.category[i].detach(), sims[i, 1])
     torch.testing.assert_close(maps.concepts[i, :2].detach(), sims[i, [6, 7]])
@@ -172,8 +191,37 @@ def test_similarity_heatmaps_are_adapted_patch_prompt_similarities(tiny_clip):
 
 
 @pytest.mark.parametrize("explainer", ["gradcam", "chefer"])
-def test_explain_on_a_vit(tiny_clip, explainer):
+def test_explain_on_a_vit_maps_the_raw_category_name_and_concept_phrases(tiny_clip, explainer):
+    """Default: the maps explain s cos(f'(x), t) for t the raw class name and each raw concept phrase."""
+    from conceptclip.explain import gradcam_for, relevance_for
+    from conceptclip.explain.targets import ModelOutput
+
     method = make_deal(tiny_clip).eval()
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    classes = torch.tensor([0, 1, 2])
+    out = method.heat_maps(pixels, classes, explainer=explainer)
+    texts = list(CONCEPTS) + [x for p in CONCEPTS.values() for x in p]
+    with torch.no_grad():
+        raw = F.normalize(tiny_clip.encode_texts(texts), dim=-1)
+
+    def forward(x: torch.Tensor) -> ModelOutput:
+        feats = tiny_clip.encode_image(x)
+        return ModelOutput(logits=tiny_clip.logit_scale * F.normalize(method.adapter(feats.global_), dim=-1) @ raw.t(),
+                           features=feats)
+
+    tool = relevance_for(tiny_clip, forward) if explainer == "chefer" else gradcam_for(tiny_clip, forward)
+    # targets: the class name (row c), then the class's concept phrases (rows 3 + its flat concept rows)
+    concept_rows = [[3 + r for r in rows] for rows in ([0, 1, 2], [3, 4, 3], [5, 6, 7])]
+    targets = [ClassTarget(classes)] + [ClassTarget(torch.tensor([concept_rows[c][k] for c in classes.tolist()]))
+                                        for k in range(3)]
+    ref = tool.compute(pixels, targets).maps
+    torch.testing.assert_close(out.category, ref[:, 0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out.concepts, ref[:, 1:], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("explainer", ["gradcam", "chefer"])
+def test_explain_on_a_vit_with_template_prompts(tiny_clip, explainer):
+    method = make_deal(tiny_clip, {"explain_prompts": "template"}).eval()
     pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     classes = torch.tensor([0, 1, 2])
     out = method.heat_maps(pixels, classes, explainer=explainer)

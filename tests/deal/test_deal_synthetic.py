@@ -50,7 +50,7 @@ def train_and_measure(backbone, lam: float, seed: int, epochs: int = 30) -> dict
 def test_deal_disentangles_held_out_maps_better_than_its_ablation(tiny_clip):
     zero = make_deal(tiny_clip, perturb=False)
     test_set, _ = entangled_parts(zero, per_class=4, seed=1000)
-    assert disentanglability(zero.concept_maps(test_set, test_set["labels"]).concepts.detach()) < 0.3  # entangled
+    assert disentanglability(zero.concept_maps(test_set, test_set["labels"]).concepts.detach()) < 0.15  # entangled
     seeds = (1, 2)
     deal = [train_and_measure(tiny_clip, 1.0, s) for s in seeds]
     ablation = [train_and_measure(tiny_clip, 0.0, s) for s in seeds]
@@ -61,8 +61,8 @@ def test_deal_disentangles_held_out_maps_better_than_its_ablation(tiny_clip):
     def mean(runs: list[dict], key: str) -> float:
         return sum(r[key] for r in runs) / len(runs)
 
-    assert mean(deal, "disentanglability") > mean(ablation, "disentanglability") + 0.15
+    assert mean(deal, "disentanglability") > mean(ablation, "disentanglability") + 0.075
     objective = [r["r_disen"] + r["r_local"] for r in (*deal, *ablation)]
     assert sum(objective[:2]) / 2 < sum(objective[2:]) / 2 - 0.15
-    # R_disen is minus the disentanglability of the normalised maps (here 3 real concepts per image)
-    assert abs(mean(deal, "r_disen") + mean(deal, "disentanglability")) < 1e-3
+    # R_disen (Eq. 3, 3 real concepts: 6 ordered pairs) is -2 * 6 times the disentanglability in [0, 1]
+    assert abs(mean(deal, "r_disen") + 12 * mean(deal, "disentanglability")) < 1e-2
