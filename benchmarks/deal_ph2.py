@@ -4,12 +4,12 @@
    pool's image-caption pairs; per seed a K-shot split (the few-shot protocol).
 2. CoOp, DEAL (the paper's defaults), with --ablation DEAL without R_disen / R_local, and with
    --previous DEAL with the project's earlier readings (template-prompt maps, CE over class prompts,
-   R_disen averaged over pairs), trained with the same schedule
+   R_disen averaged over pairs, six concepts), trained with the same schedule
    and tested after their final epoch (the CoOp-family protocol; a 12-image validation set selects
    nothing reliably).
    Concepts: the PH2 criteria per diagnosis (`knowledge.ph2_bank`, present in >= 25 % of a class's
-   images among the 140 non-test images; the first six): "An image of melanoma with atypical pigment
-   network, asymmetry, ...".
+   images among the 140 non-test images; the first five, six with --previous): "An image of melanoma
+   with atypical pigment network, asymmetry, ...".
 3. On the test pool, per image, the concept maps of its true class (Grad-CAM on the pixels, the lite
    tower's 7 x 7 grid). CoOp learns no concepts and keeps the image side frozen: its concept maps
    are those of the written concept prompts on the frozen backbone (DEAL before training).
@@ -41,11 +41,11 @@ import torch
 
 from conceptclip.explain import load_masks
 
-PREVIOUS = {"explain_prompts": "template", "contrastive": "classes", "disen_reduction": "mean"}
+PREVIOUS = {"explain_prompts": "template", "contrastive": "classes", "disen_reduction": "mean", "n_concepts": 6}
 
 
 
-def evaluate(method, maps_model, dataset, ids: list[str], ins_ids: set[str], steps: int, batch: int) -> dict:
+def evaluate(maps_model, dataset, ids: list[str], ins_ids: set[str], steps: int, batch: int) -> dict:
     """DEAL's concept metrics with the concept maps and concept scores of `maps_model` (a DEAL)."""
     from conceptclip.data import load_image
     from conceptclip.metrics import (
@@ -139,18 +139,20 @@ def main() -> None:
                for i in [t for t in test_ids if dataset.by_id(t).label == c][: args.ins_per_class]}
     zero_shot = create_method("deal", backbone, dataset.classnames, dataset=dataset,
                               knowledge_exclude=test_ids).eval()  # the written prompts, as run_experiment builds them
-    methods = [("coop", {}), ("deal", {})] + ([("deal_ablation", {"lambda_disen": 0.0, "lambda_local": 0.0})]
-                                             if args.ablation else []) \
-        + ([("deal_previous", PREVIOUS)] if args.previous else [])
+    methods = [("coop", {}), ("deal", {})] + ([("deal_previous", PREVIOUS)] if args.previous else []) \
+        + ([("deal_ablation", {"lambda_disen": 0.0, "lambda_local": 0.0})] if args.ablation else [])
     rows: dict[str, list[dict]] = {}
     cache = FeatureCache()
-    for seed in args.seeds:
-        split = fewshot_split(dataset, pools, args.shots, seed)
-        for name, mconf in methods:
+    zero_shot_metrics: dict = {}  # CoOp's concept columns are the written prompts': the same for every seed
+    for name, mconf in methods:
+        for seed in args.seeds:
+            split = fewshot_split(dataset, pools, args.shots, seed)
             run = args.out / f"{name}_K{args.shots}_seed{seed}"
             result_file = run / "deal_metrics.json"
             if result_file.exists():
                 rows.setdefault(name, []).append(json.loads(result_file.read_text()))
+                if name == "coop":
+                    zero_shot_metrics = {k: v for k, v in rows[name][-1].items() if k not in ("accuracy", "auc_macro")}
                 continue
             if not (run / "metrics.json").exists():
                 run_experiment("deal" if name.startswith("deal") else name, dataset, split, backbone, run,
@@ -159,10 +161,14 @@ def main() -> None:
                                              "eval_every": 10**9})  # test the final epoch, as the bench protocol
             method, _ = load_run(run)
             test = json.loads((run / "metrics.json").read_text())["test"]
-            maps_model = method if name.startswith("deal") else zero_shot
             t1 = time.perf_counter()
-            res = {"accuracy": test["accuracy"], "auc_macro": test["auc_macro"],
-                   **evaluate(method, maps_model, dataset, test_ids, ins_ids, args.ins_steps, args.batch),
+            if name.startswith("deal"):
+                concept_metrics = evaluate(method, dataset, test_ids, ins_ids, args.ins_steps, args.batch)
+            else:
+                zero_shot_metrics = zero_shot_metrics or evaluate(zero_shot, dataset, test_ids, ins_ids,
+                                                                  args.ins_steps, args.batch)
+                concept_metrics = zero_shot_metrics
+            res = {"accuracy": test["accuracy"], "auc_macro": test["auc_macro"], **concept_metrics,
                    "fit_seconds": json.loads((run / "metrics.json").read_text())["fit_seconds"],
                    "eval_seconds": round(time.perf_counter() - t1, 1)}
             write_json(result_file, res)

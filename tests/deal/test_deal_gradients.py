@@ -130,9 +130,12 @@ def test_gradcam_maps_equal_the_closed_form_on_pooled_tokens(tiny_clip, mode):
                 torch.testing.assert_close(got, cam, rtol=1e-4, atol=1e-6)
 
 
-def test_loss_is_eq5_written_out(tiny_clip):
-    """Risk = L_contr (Eq. 2) + lambda R_disen (Eq. 3) + gamma R_local (Eq. 4), every term by loops."""
-    method = make_deal(tiny_clip, {"lambda_disen": 0.5, "lambda_local": 2.0})
+@pytest.mark.parametrize("lambdas", [None, (0.5, 2.0)])
+def test_loss_is_eq5_written_out(tiny_clip, lambdas):
+    """Risk = L_contr (Eq. 2) + lambda R_disen (Eq. 3) + gamma R_local (Eq. 4), every term by loops;
+    with no options lambda = gamma = 1 (the paper gives no values: ours, docs/deal.md)."""
+    lam, gamma = lambdas or (1.0, 1.0)
+    method = make_deal(tiny_clip, {"lambda_disen": lam, "lambda_local": gamma} if lambdas else {})
     batch = token_batch(tiny_clip.embed_dim)
     terms = method.loss(batch)
     maps = method.concept_maps(batch, batch["labels"])
@@ -160,4 +163,4 @@ def test_loss_is_eq5_written_out(tiny_clip):
     assert float(terms["contr"]) == pytest.approx(contr, rel=1e-5)
     assert float(terms["r_disen"]) == pytest.approx(r_disen, rel=1e-5)
     assert float(terms["r_local"]) == pytest.approx(r_local, rel=1e-5)
-    assert float(terms["loss"].detach()) == pytest.approx(contr + 0.5 * r_disen + 2.0 * r_local, rel=1e-5)
+    assert float(terms["loss"].detach()) == pytest.approx(contr + lam * r_disen + gamma * r_local, rel=1e-5)

@@ -34,6 +34,21 @@ def test_prompts_are_the_deal_template_and_start_as_its_text(tiny_clip):
     assert method.concept_names == [f"{c}: {x}" for c, p in CONCEPTS.items() for x in p]
 
 
+def test_defaults_are_the_papers_and_the_earlier_readings_are_options(tiny_clip):
+    from conceptclip.methods.deal import DEALConfig
+
+    c = DEALConfig()
+    assert (c.contrastive, c.explain_prompts, c.disen_reduction) == ("infonce", "raw", "sum")  # Eqs. 2-3, Sec. 3.2
+    assert (c.lambda_disen, c.lambda_local, c.n_concepts, c.heatmap, c.map_norm) == (1.0, 1.0, 5, "gradcam", "sum")
+    assert (c.ctx_init, c.n_ctx, c.image_adapter) == ("an image of", 3, True)
+    previous = make_deal(tiny_clip, {"explain_prompts": "template", "contrastive": "classes",
+                                     "disen_reduction": "mean"})
+    assert not hasattr(previous, "raw_text")
+    batch = token_batch(tiny_clip.embed_dim)
+    terms = previous.loss(batch)
+    torch.testing.assert_close(terms["contr"], F.cross_entropy(previous.logits(batch), batch["labels"]).detach())
+
+
 def test_concept_tables_pad_classes_with_fewer_concepts(tiny_clip):
     method = make_deal(tiny_clip)
     # flat rows: melanoma 0-2, nevus 3-4 (padded with its first row), keratosis 5-7

@@ -58,7 +58,7 @@ class DEALConfig(MethodConfig):
     bank: str = ""  # shared-bank name ("deal/cub", "ph2") or bank JSON; "" = "ph2" on PH2 only, else required
     class_map: dict[str, str] = field(default_factory=dict)  # dataset class -> bank class
     concepts: dict[str, list[str]] = field(default_factory=dict)  # class -> phrases; given lists beat the bank
-    n_concepts: int = 6  # concepts per class (DEAL's lists have six); 0 = all
+    n_concepts: int = 5  # concepts per class: the reference code's first five ([:5]); 0 = all
     lambda_disen: float = 1.0  # lambda of Eq. 5 (the paper gives no value: ours)
     lambda_local: float = 1.0  # gamma of Eq. 5 (ours)
     contrastive: str = "infonce"  # Eq. 2 in-batch | symmetric (reference train.py) | classes (CE over class prompts)
