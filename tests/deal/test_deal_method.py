@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from conceptclip.errors import ConfigError
 from conceptclip.explain import ClassTarget, explain_method, similarity_maps
 from conceptclip.knowledge import Provenance, save_bank, simple_bank
-from conceptclip.knowledge.templates import DEAL as DEAL_TEMPLATE
 from conceptclip.methods import create_method
 from conceptclip.prompts import encode_prompts
 from conceptclip.prompts.concept_lists import resolve_concepts
@@ -22,10 +21,12 @@ PAPER = Provenance(kind="paper", citation="a toy list written for this test")
 
 def test_prompts_are_the_deal_template_and_start_as_its_text(tiny_clip):
     method = make_deal(tiny_clip, perturb=False)
-    expected = [DEAL_TEMPLATE.fill(classname=c, concepts=p) for c, p in CONCEPTS.items()] + \
-        [DEAL_TEMPLATE.fill(classname=c, concepts=[x]) for c, p in CONCEPTS.items() for x in p]
+    expected = ["An image of melanoma with blue veil, dark dots, and streaks.",  # the paper's template (Sec. 3.2)
+                "An image of nevus with pigment network and brown globules.",
+                "An image of keratosis with white cells, smooth edge, and pink area."] + \
+        [f"An image of {c} with {x}." for c, p in CONCEPTS.items() for x in p]
     assert method.prompt_texts() == expected
-    assert expected[0] == "An image of melanoma with blue veil, dark dots, streaks."
+    assert expected[0] == "An image of melanoma with blue veil, dark dots, and streaks."  # the paper's template
     assert expected[3] == "An image of melanoma with blue veil."
     # the context starts as the template's words, so the learned prompts start as the written ones
     with torch.no_grad():
@@ -94,18 +95,18 @@ def test_concept_resolution_errors(tiny_clip, tmp_path):
 
 
 def test_a_category_prompt_filling_the_context_exactly_is_accepted(tiny_clip):
-    # tiny-clip: 32 tokens; "<sot> an image of melanoma with d0, ..., d6, dark blue dots . <eot>":
-    # 3 context + melanoma with (2) + 7 x "dN," (3 each) + dark blue dots (3) + "." + start/end = 32
+    # tiny-clip: 32 tokens; "<sot> an image of melanoma with d0, ..., d6, and dark dots . <eot>":
+    # 3 context + melanoma with (2) + 7 x "dN," (3 each) + and dark dots (3) + "." + start/end = 32
     concepts = [f"d{i}" for i in range(7)]
     method = create_method("deal", tiny_clip, ["melanoma"],
-                           {"concepts": {"melanoma": concepts + ["dark blue dots"]}, "n_concepts": 0})
+                           {"concepts": {"melanoma": concepts + ["dark dots"]}, "n_concepts": 0})
     assert int(method.prompt.attention_mask[0].sum()) == tiny_clip.context_length == 32
-    assert method.prompt_texts()[0] == "An image of melanoma with d0, d1, d2, d3, d4, d5, d6, dark blue dots."
+    assert method.prompt_texts()[0] == "An image of melanoma with d0, d1, d2, d3, d4, d5, d6, and dark dots."
     words = tiny_clip.tokenizer.convert_ids_to_tokens(method.prompt.input_ids[0, -4:].tolist())
-    assert words == ["blue", "dots", ".", "<eot>"]  # nothing cut
+    assert words == ["dark", "dots", ".", "<eot>"]  # nothing cut
     with pytest.raises(ConfigError, match="the prompt needs 33 tokens .*but only 32 are available.*n_concepts=0"):
         create_method("deal", tiny_clip, ["melanoma"],
-                      {"concepts": {"melanoma": concepts + ["dark blue round dots"]}, "n_concepts": 0})
+                      {"concepts": {"melanoma": concepts + ["dark blue dots"]}, "n_concepts": 0})
 
 
 def test_no_default_bank_on_another_datasets_classes(tiny_clip):

@@ -36,7 +36,6 @@ from conceptclip.explain.cam import GradCAM, vit_reshape
 from conceptclip.explain.method import gradcam_for, relevance_for
 from conceptclip.explain.similarity import similarity_maps
 from conceptclip.explain.targets import ClassTarget, ModelOutput
-from conceptclip.knowledge.templates import DEAL as DEAL_TEMPLATE
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
 from conceptclip.methods.coop import CoOp
@@ -200,7 +199,9 @@ class DEAL(Method):
         index, mask = self.concept_lists.tables()
         self.register_buffer("concept_index", index, persistent=False)
         self.register_buffer("concept_mask", mask, persistent=False)
-        join = DEAL_TEMPLATE.join
+        def join(p: list[str]) -> str:  # Sec. 3.2: "with [CONCEPT_1], [CONCEPT_2], ..., and [CONCEPT_K]"
+            return " and ".join(p) if len(p) < 3 else ", ".join(p[:-1]) + ", and " + p[-1]
+
         cats = [f"{name} with {join(list(p))}" for name, p in zip(self.classnames, self.concept_lists.concepts)]
         cons = [f"{self.classnames[ci]} with {p}" for ci, p in self.concept_lists.flat]
         self.concept_names = [f"{self.classnames[ci]}: {p}" for ci, p in self.concept_lists.flat]
