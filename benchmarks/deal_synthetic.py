@@ -158,7 +158,7 @@ PREVIOUS = {"explain_prompts": "template", "contrastive": "classes", "disen_redu
 
 
 def run(out: Path, seeds: list[int], shots: int, epochs: int, n_pretrain: int, n_test: int, lambdas: float,
-        align_epochs: int, variant: dict) -> dict:
+        align_epochs: int, variant: dict | None = None) -> dict:
     from conceptclip.backbones.align import AlignConfig, align
     from conceptclip.backbones.lite import LiteBackbone
     from conceptclip.data import FeatureCache
@@ -181,6 +181,7 @@ def run(out: Path, seeds: list[int], shots: int, epochs: int, n_pretrain: int, n
               f"{s['final_loss']:.3f}", flush=True)
     test_items = task_images(n_test, seed=10_000)
     results: dict[str, list[dict]] = {"zero-shot": [], "ablation (no R)": [], "DEAL": []}
+    variant = variant or {}
     zs = create_method("deal", backbone, list(CLASSES), {"concepts": concepts(), **variant})
     results["zero-shot"].append(evaluate(zs, test_items))
     print("zero-shot", results["zero-shot"][-1], flush=True)
