@@ -127,6 +127,9 @@ def test_normalize_heatmaps_by_hand():
     torch.testing.assert_close(normalize_heatmaps(h, "minmax", eps=0.0), torch.tensor([[[0.5, 0.0], [1.0, 0.25]]]))
     # scale invariant, so the regularisers cannot be gamed by inflating the maps
     torch.testing.assert_close(normalize_heatmaps(7 * h, "sum"), normalize_heatmaps(h, "sum"))
+    # a map with no positive evidence (Grad-CAM's ReLU can give one) or a flat map stays 0, never NaN
+    assert torch.equal(normalize_heatmaps(torch.zeros(1, 2, 2), "sum"), torch.zeros(1, 2, 2))
+    assert torch.equal(normalize_heatmaps(torch.full((1, 2, 2), 3.0), "minmax"), torch.zeros(1, 2, 2))
     with pytest.raises(ConfigError, match="map_norm"):
         normalize_heatmaps(h, "softmax")
 
