@@ -127,6 +127,12 @@ def test_normalize_heatmaps_by_hand():
     torch.testing.assert_close(normalize_heatmaps(h, "minmax", eps=0.0), torch.tensor([[[0.5, 0.0], [1.0, 0.25]]]))
     # scale invariant, so the regularisers cannot be gamed by inflating the maps
     torch.testing.assert_close(normalize_heatmaps(7 * h, "sum"), normalize_heatmaps(h, "sum"))
+    # two maps of one image are normalised each on its own (over positions, not over maps)
+    two = torch.tensor([[[[1.0, 3.0], [0.0, 0.0]], [[2.0, 2.0], [4.0, 0.0]]]])
+    torch.testing.assert_close(normalize_heatmaps(two, "minmax", eps=0.0),
+                               torch.tensor([[[[1 / 3, 1.0], [0.0, 0.0]], [[0.5, 0.5], [1.0, 0.0]]]]))
+    torch.testing.assert_close(normalize_heatmaps(two, "sum", eps=0.0),
+                               torch.tensor([[[[0.25, 0.75], [0.0, 0.0]], [[0.25, 0.25], [0.5, 0.0]]]]))
     # a map with no positive evidence (Grad-CAM's ReLU can give one) or a flat map stays 0, never NaN
     assert torch.equal(normalize_heatmaps(torch.zeros(1, 2, 2), "sum"), torch.zeros(1, 2, 2))
     assert torch.equal(normalize_heatmaps(torch.full((1, 2, 2), 3.0), "minmax"), torch.zeros(1, 2, 2))
