@@ -1,24 +1,17 @@
-"""DEAL: disentangle and localise concept-level explanations (Li, Ma, Peng, "DEAL: Disentangle and
-Localize Concept-level Explanations for VLMs", ECCV 2024). Fidelity table: docs/deal.md.
-
-Each class c has concepts C_1 ... C_K (a knowledge bank). The text of class c in L_contr is the
-concept-augmented category prompt "An image of [CAT] with [C_1], ..., [C_K]." (Sec. 3.2), and each
-concept also gets "An image of [CAT] with [C_k]." (used for Eq. 6 and the ranked explanation). For
-an image I of class y, g(x) is the Grad-CAM map of the score s cos(f(I), x), taken w.r.t. the raw
-category name and each raw concept phrase (as the paper and the reference train.py;
-`explain_prompts="template"`: w.r.t. the prompts above), normalised to sum 1 (`map_norm`):
+"""DEAL: disentangle and localise concept-level explanations (Li, Ma, Peng, ECCV 2024); fidelity table in
+docs/deal.md. The text of class c is "An image of [CAT] with [C_1], ..., and [C_K]." (Sec. 3.2); each
+concept also gets "An image of [CAT] with [C_k]." (Eq. 6, ranked explanations). g(x) is the Grad-CAM map
+of s cos(f(I), x) for x the raw class name / raw concept phrase (paper, reference train.py), sum-normalised:
 
     L_contr = 1/N sum_i -log exp(v_i.t_i / tau) / sum_m exp(v_i.t_m / tau)      Eq. 2, in-batch pairs
     R_disen = - sum_k sum_{j != k} || g(C_k) - g(C_j) ||_1                       Eq. 3, ordered pairs
     R_local = || (1/K) sum_k g(C_k) - g([CAT]) ||_1                              Eq. 4
     Risk    = L_contr + lambda R_disen + gamma R_local                            Eq. 5
 
-The reference code computes the maps without a graph to the parameters; here Grad-CAM is built with
-`create_graph=True`, so R_disen and R_local reach the trained parameters (tested). What is trained (the paper fine-tunes
-CLIP): the shared prompt context and a residual linear map f'(v) = v + W v + b (W, b zero at start)
-on the image embedding space, applied to the global feature and every patch token. With raw-text
-maps on a frozen text tower the regularisers reach the image map only. On ViTs the training-time
-maps are Grad-CAM of the patch-pooled score; `heat_maps` explains the real score on pixels.
+Grad-CAM is built with `create_graph=True`, so R_disen and R_local train (the reference code's maps carry
+no gradient). Trained (the paper fine-tunes CLIP): the shared prompt context and a residual linear map
+f'(v) = v + W v + b (zero at start) on the global feature and every patch token; with raw-text maps on a
+frozen text tower the regularisers reach the image map only.
 """
 
 from __future__ import annotations
