@@ -14,6 +14,7 @@ from sklearn import metrics as skm
 from conceptclip.errors import ConfigError
 from conceptclip.metrics import (
     concept_prediction_accuracy,
+    gaussian_blur,
     concept_slot_accuracy,
     disentanglability,
     localisability,
@@ -59,6 +60,8 @@ def test_disentanglability_against_scipy_pdist():
         p = maps[i].reshape(5, -1)
         p = p / p.sum(1, keepdims=True)
         assert float(per[i]) == pytest.approx(pdist(p, "cityblock").mean() / 2)
+    # one image without a batch dimension (K, H, W), non-square maps
+    assert float(disentanglability(maps[1], reduction="none")) == pytest.approx(float(per[1]))
 
 
 # ---------------------------------------------------------------- part mIoU
@@ -151,6 +154,19 @@ def test_localisability_is_the_normalised_insertion_auc_of_the_concept_score():
     assert float(res2.auc[0]) == pytest.approx(auc)
     flat = localisability(lambda x: x[:, 0, 0, 1] * 0, img, sal, n_steps=4, canvas=canvas)
     assert math.isnan(float(flat.auc[0]))
+
+
+def test_localisability_defaults_are_100_steps_on_a_rise_blurred_canvas():
+    gen = torch.Generator().manual_seed(0)
+    img, sal = torch.rand(2, 1, 12, 12, generator=gen), torch.rand(2, 12, 12, generator=gen)
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        return (x[:, 0] * torch.linspace(0, 1, 144).reshape(12, 12)).sum(dim=(1, 2))
+
+    got = localisability(score, img, sal)
+    assert len(got.fractions) == 101
+    canvas = gaussian_blur(img, 11, 5.0)  # RISE's kernel: 11 px, sigma 5
+    torch.testing.assert_close(got.auc, localisability(score, img, sal, n_steps=100, canvas=canvas).auc)
 
 
 # ---------------------------------------------------------------- per-slot concept accuracy (ours)
