@@ -154,6 +154,15 @@ def test_localisability_is_the_normalised_insertion_auc_of_the_concept_score():
     assert float(res2.auc[0]) == pytest.approx(auc)
     flat = localisability(lambda x: x[:, 0, 0, 1] * 0, img, sal, n_steps=4, canvas=canvas)
     assert math.isnan(float(flat.auc[0]))
+    # the full image scoring as the canvas (y_S = y_0) leaves the whole curve undefined, not 1
+    same_ends = localisability(lambda x: x[:, 0, 0, 1] + x[:, 0, 1, 0], torch.tensor([[[[0.0, 0.0], [2.0, 0.0]]]]),
+                               sal, n_steps=4, canvas=canvas)
+    assert torch.isnan(same_ends.scores).all()
+    # an overshoot past the full image's score is clipped at 1: (0,0) = 4 inserted before (1,1) = -2
+    img2, sal2 = torch.tensor([[[[4.0, 0.0], [1.0, -2.0]]]]), torch.tensor([[[0.5, 0.9], [0.7, 0.1]]])
+    ys2 = [1.5, 1.5, 1.5, 4 + 0.5, 4 + 0.5 * -2]  # y_s by hand for the order (0,1), (1,0), (0,0), (1,1)
+    clipped = [min(abs(v - ys2[0]) / abs(ys2[-1] - ys2[0]), 1.0) for v in ys2]
+    assert localisability(score, img2, sal2, n_steps=4, canvas=canvas).scores[0].tolist() == pytest.approx(clipped)
 
 
 def test_localisability_defaults_are_100_steps_on_a_rise_blurred_canvas():
