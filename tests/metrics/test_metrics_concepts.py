@@ -107,15 +107,21 @@ def test_concept_prediction_accuracy_is_eq6():
     rng = np.random.default_rng(5)
     scores = rng.normal(size=(7, 3, 4))
     mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=bool)
-    y = np.array([0, 1, 2, 0, 1, 2, 1])
-    right = 0
+    scores[:, 2, 0] += 2.0  # class 2 has a large score in one of its three concepts: sum vs mean disagree
+    scores[:, 1, 2:] = 50.0  # and huge padding in class 1 (two real concepts)
+    pred = []
     for n in range(7):
         class_scores = []
         for c in range(3):
             real = [scores[n, c, k] for k in range(4) if mask[c, k]]
             class_scores.append(sum(real) / len(real))
-        right += int(max(range(3), key=lambda c: class_scores[c]) == y[n])
-    assert concept_prediction_accuracy(scores, y, mask) == pytest.approx(right / 7)
+        pred.append(max(range(3), key=lambda c: class_scores[c]))
+    y = np.array(pred)
+    y[:2] = (y[:2] + 1) % 3  # two wrong: accuracy 5/7
+    assert concept_prediction_accuracy(scores, y, mask) == pytest.approx(5 / 7)
+    # one real concept: its mean is itself (0.9 beats the two-concept mean 0.8)
+    one = np.array([[[0.7, 0.9], [0.9, 0.0]]])
+    assert concept_prediction_accuracy(one, [1], np.array([[1, 1], [1, 0]], dtype=bool)) == 1.0
     # a padded slot can change the prediction: class 1's padding holds a huge score
     padded = np.zeros((1, 2, 2))
     padded[0, 0] = [1.0, 1.0]
@@ -191,7 +197,7 @@ def test_concept_slot_accuracy_hand():
 
 
 def test_concept_presence_accuracy_with_threshold():
-    probs = np.array([[0.9, 0.2], [0.4, 0.6], [0.7, 0.1]])
+    probs = np.array([[0.9, 0.2], [0.4, 0.5], [0.7, 0.1]])  # 0.5 is at the threshold: present
     present = np.array([[1, 0], [1, 1], [0, 0]])
     # decisions [[1,0],[0,1],[1,0]]: concept 0 right on rows 0 only -> 1/3 ; concept 1 all right -> 1
     assert concept_slot_accuracy(probs, present, average="none").tolist() == pytest.approx([1 / 3, 1.0])
