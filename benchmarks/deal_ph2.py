@@ -2,26 +2,27 @@
 
 1. Stratified hold-out pools of PH2 (50 / 20 / 30 %); the `lite` heads aligned once on the train
    pool's image-caption pairs; per seed a K-shot split (the few-shot protocol).
-2. CoOp, DEAL and (with --ablation) DEAL without R_disen / R_local, trained with the same schedule
+2. CoOp, DEAL (the paper's defaults), with --ablation DEAL without R_disen / R_local, and with
+   --previous DEAL with the project's earlier readings (template-prompt maps, CE over class prompts,
+   R_disen averaged over pairs, six concepts), trained with the same schedule
    and tested after their final epoch (the CoOp-family protocol; a 12-image validation set selects
    nothing reliably).
    Concepts: the PH2 criteria per diagnosis (`knowledge.ph2_bank`, present in >= 25 % of a class's
-   images among the 140 non-test images; the first six): "An image of melanoma with atypical pigment
-   network, asymmetry, ...".
+   images among the 140 non-test images; the first five, six with --previous): "An image of melanoma
+   with atypical pigment network, asymmetry, ...".
 3. On the test pool, per image, the concept maps of its true class (Grad-CAM on the pixels, the lite
    tower's 7 x 7 grid). CoOp learns no concepts and keeps the image side frozen: its concept maps
    are those of the written concept prompts on the frozen backbone (DEAL before training).
-   - disentanglability: mean normalised pairwise L1 distance between an image's concept maps;
-   - localisability: insertion AUC (pixels inserted by each concept map onto a blurred copy of
-     the image, RISE's 11 px / sigma 5 kernel) of the model's probability of the true class, mean
-     over concepts (on --ins-per-class images per class, to bound the cost);
+   - disentanglability (`metrics.disentanglability`, in [0, 1]);
+   - localisability (`metrics.localisability`): normalised insertion AUC of each concept's own score
+     (cosine with the explained concept text; pixels inserted by its map onto a blurred copy, RISE's
+     11 px / sigma 5 kernel), mean over concepts (--ins-per-class images per class, to bound the cost);
    - part mIoU: each concept map (min-max normalised, threshold 0.5) against the expert lesion
      mask (PH2 has no per-criterion masks: every criterion lies in the lesion);
-   - concept-averaged accuracy: `metrics.concept_averaged_accuracy` (per concept slot k, classify by
-     the k-th concept prompt of every class; mean over slots) and the accuracy of classification by
-     description (class score = mean over its concept prompts).
+   - Eq. 6 accuracy (`metrics.concept_prediction_accuracy`: class score = mean similarity over its
+     concept prompts) and the per-slot concept accuracy (`metrics.concept_slot_accuracy`, ours).
 
-    python benchmarks/deal_ph2.py --out runs/deal_ph2 [--seeds 1 2 3] [--shots 16] [--epochs 50] [--ablation]
+    python benchmarks/deal_ph2.py --out runs/deal_ph2 [--seeds 1 2 3] [--shots 16] [--epochs 50] [--ablation] [--previous]
 """
 
 from __future__ import annotations
@@ -40,24 +41,25 @@ import torch
 
 from conceptclip.explain import load_masks
 
+PREVIOUS = {"explain_prompts": "template", "contrastive": "classes", "disen_reduction": "mean", "n_concepts": 6}
 
 
 
-def evaluate(method, maps_model, dataset, ids: list[str], ins_ids: set[str], steps: int, batch: int) -> dict:
-    """The four metrics of `method` (probabilities) with the concept maps of `maps_model` (a DEAL)."""
+def evaluate(maps_model, dataset, ids: list[str], ins_ids: set[str], steps: int, batch: int) -> dict:
+    """DEAL's concept metrics with the concept maps and concept scores of `maps_model` (a DEAL)."""
     from conceptclip.data import load_image
     from conceptclip.metrics import (
-        accuracy,
-        concept_averaged_accuracy,
+        concept_prediction_accuracy,
+        concept_slot_accuracy,
         disentanglability,
-        insertion_auc,
+        localisability,
         part_miou,
     )
 
     bb = maps_model.backbone
     samples = [dataset.by_id(i) for i in ids]
     dis, ins, maps_all, masks_all, valid_all = [], [], [], [], []
-    slot_scores, cbd_logits, labels = [], [], []
+    slot_scores, concept_scores, labels = [], [], []
     kmin = int(maps_model.concept_mask.sum(1).min())
     for s in range(0, len(samples), batch):
         chunk = samples[s:s + batch]
@@ -66,9 +68,9 @@ def evaluate(method, maps_model, dataset, ids: list[str], ins_ids: set[str], ste
         labels.append(y)
         with torch.no_grad():
             feats = {"features": bb.encode_image(pixels).global_}
-            contrib = maps_model.concept_contributions(feats)  # (B, C, Kmax), zero-shot or DEAL prompts
-            cbd_logits.append(contrib.sum(-1))
-            slot_scores.append(contrib[:, :, :kmin].transpose(1, 2))  # (B, Kmin, C): slot k of every class
+            sims = maps_model.concept_scores(feats)[:, maps_model.concept_index]  # (B, C, Kmax) concept prompts
+            concept_scores.append(sims)
+            slot_scores.append(sims[:, :, :kmin].transpose(1, 2))  # (B, Kmin, C): slot k of every class
         out = maps_model.heat_maps(pixels, y)
         m, valid = out.concepts.detach(), out.mask
         maps_all.append(m)
@@ -79,27 +81,29 @@ def evaluate(method, maps_model, dataset, ids: list[str], ins_ids: set[str], ste
             k = int(valid[rows[0]].sum())
             dis.append(disentanglability(m[rows, :k], reduction="none"))
 
-        def prob(x: torch.Tensor, y=y) -> torch.Tensor:
+        forward = maps_model.pixel_forward()  # scores over the explained texts (what the maps explain)
+
+        def concept_score(x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                logits = method.logits({"features": bb.encode_image(x).global_})
-            return method.probabilities(logits)[torch.arange(x.shape[0]), y]
+                return forward(x).logits[torch.arange(x.shape[0]), cols]
 
         pick = torch.tensor([x.id in ins_ids for x in chunk])
         if pick.any():
             for k in range(m.shape[1]):
                 rows = (pick & valid[:, k]).nonzero()[:, 0]
                 if len(rows):
-                    ins.append(insertion_auc(lambda x, r=rows: prob(x, y[r]), pixels[rows], m[rows, k],
-                                             n_steps=steps).auc)
+                    cols = maps_model.n_classes + maps_model.concept_index[y[rows], k]
+                    ins.append(localisability(lambda x, c=cols: concept_score(x, c), pixels[rows], m[rows, k],
+                                              n_steps=steps).auc)
     y = torch.cat(labels)
     maps, valid, masks = torch.cat(maps_all), torch.cat(valid_all), torch.cat(masks_all)
     masks = masks[:, None].expand(-1, maps.shape[1], -1, -1)
     return {
         "disentanglability": float(torch.nanmean(torch.cat(dis).double())),
-        "localisability_insertion_auc": float(torch.cat(ins).mean()),
+        "localisability": float(torch.nanmean(torch.cat(ins))),
         "part_miou_lesion": part_miou(maps, masks, valid=valid),
-        "concept_averaged_accuracy": concept_averaged_accuracy(torch.cat(slot_scores), y),
-        "classification_by_description_accuracy": accuracy(torch.cat(cbd_logits), y),
+        "eq6_accuracy": concept_prediction_accuracy(torch.cat(concept_scores), y, maps_model.concept_mask),
+        "concept_slot_accuracy": concept_slot_accuracy(torch.cat(slot_scores), y),
         "n_test": len(ids), "n_insertion_images": len(ins_ids),
     }
 
@@ -112,6 +116,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=50, help="every method (the CoOp schedule)")
     ap.add_argument("--align-epochs", type=int, default=300)
     ap.add_argument("--ablation", action="store_true", help="also DEAL without R_disen and R_local")
+    ap.add_argument("--previous", action="store_true", help="also DEAL with the earlier readings (PREVIOUS)")
     ap.add_argument("--ins-steps", type=int, default=10)
     ap.add_argument("--ins-per-class", type=int, default=5, help="test images per class for insertion AUC")
     ap.add_argument("--batch", type=int, default=20)
@@ -134,17 +139,20 @@ def main() -> None:
                for i in [t for t in test_ids if dataset.by_id(t).label == c][: args.ins_per_class]}
     zero_shot = create_method("deal", backbone, dataset.classnames, dataset=dataset,
                               knowledge_exclude=test_ids).eval()  # the written prompts, as run_experiment builds them
-    methods = [("coop", {}), ("deal", {})] + ([("deal_ablation", {"lambda_disen": 0.0, "lambda_local": 0.0})]
-                                             if args.ablation else [])
+    methods = [("coop", {}), ("deal", {})] + ([("deal_previous", PREVIOUS)] if args.previous else []) \
+        + ([("deal_ablation", {"lambda_disen": 0.0, "lambda_local": 0.0})] if args.ablation else [])
     rows: dict[str, list[dict]] = {}
     cache = FeatureCache()
-    for seed in args.seeds:
-        split = fewshot_split(dataset, pools, args.shots, seed)
-        for name, mconf in methods:
+    zero_shot_metrics: dict = {}  # CoOp's concept columns are the written prompts': the same for every seed
+    for name, mconf in methods:
+        for seed in args.seeds:
+            split = fewshot_split(dataset, pools, args.shots, seed)
             run = args.out / f"{name}_K{args.shots}_seed{seed}"
             result_file = run / "deal_metrics.json"
             if result_file.exists():
                 rows.setdefault(name, []).append(json.loads(result_file.read_text()))
+                if name == "coop":
+                    zero_shot_metrics = {k: v for k, v in rows[name][-1].items() if k not in ("accuracy", "auc_macro")}
                 continue
             if not (run / "metrics.json").exists():
                 run_experiment("deal" if name.startswith("deal") else name, dataset, split, backbone, run,
@@ -153,18 +161,22 @@ def main() -> None:
                                              "eval_every": 10**9})  # test the final epoch, as the bench protocol
             method, _ = load_run(run)
             test = json.loads((run / "metrics.json").read_text())["test"]
-            maps_model = method if name.startswith("deal") else zero_shot
             t1 = time.perf_counter()
-            res = {"accuracy": test["accuracy"], "auc_macro": test["auc_macro"],
-                   **evaluate(method, maps_model, dataset, test_ids, ins_ids, args.ins_steps, args.batch),
+            if name.startswith("deal"):
+                concept_metrics = evaluate(method, dataset, test_ids, ins_ids, args.ins_steps, args.batch)
+            else:
+                zero_shot_metrics = zero_shot_metrics or evaluate(zero_shot, dataset, test_ids, ins_ids,
+                                                                  args.ins_steps, args.batch)
+                concept_metrics = zero_shot_metrics
+            res = {"accuracy": test["accuracy"], "auc_macro": test["auc_macro"], **concept_metrics,
                    "fit_seconds": json.loads((run / "metrics.json").read_text())["fit_seconds"],
                    "eval_seconds": round(time.perf_counter() - t1, 1)}
             write_json(result_file, res)
             rows.setdefault(name, []).append(res)
             print(name, seed, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}),
                   flush=True)
-    keys = ["accuracy", "auc_macro", "disentanglability", "localisability_insertion_auc", "part_miou_lesion",
-            "concept_averaged_accuracy", "classification_by_description_accuracy"]
+    keys = ["accuracy", "auc_macro", "disentanglability", "localisability", "part_miou_lesion", "eq6_accuracy",
+            "concept_slot_accuracy"]
     table = {n: {k: (float(np.mean([r[k] for r in rs])), float(np.std([r[k] for r in rs]))) for k in keys}
              for n, rs in rows.items()}
     write_json(args.out / "summary.json", {"args": {k: str(v) for k, v in vars(args).items()}, "runs": rows,

@@ -39,7 +39,8 @@ def entangled_parts(method, per_class: int, seed: int, side: int = 6, cells: int
     """Synthetic patch tokens with known part masks, in which the concepts are entangled.
 
     Each image of class c holds one part per concept of c, `cells` random grid cells each; the other
-    cells are background. With t_k the untrained model's concept-prompt features, u their normalised
+    cells are background. With t_k the untrained model's explained concept texts (the raw phrases by
+    default, the concept prompts with explain_prompts="template"), u their normalised
     mean (what all concept prompts share) and r_k = normalise(t_k - (t_k.u) u) what is particular to
     concept k, a cell of part k holds a u + b r_k + noise (mostly "object", a little "part k"), a
     background cell a fixed random direction + noise; the global feature is the mean token (as on
@@ -47,7 +48,7 @@ def entangled_parts(method, per_class: int, seed: int, side: int = 6, cells: int
     for CLIP. Returns the batch and the part masks (n, Kmax, side, side) of each image's concepts."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        t = method.all_text_features()[method.n_classes:]
+        t = method.explain_text()[method.n_classes:]
     u = torch.nn.functional.normalize(t.mean(0), dim=0)
     r = torch.nn.functional.normalize(t - (t @ u)[:, None] * u, dim=-1)
     background = torch.nn.functional.normalize(torch.randn(t.shape[1], generator=torch.Generator().manual_seed(99)), dim=0)

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from conceptclip.errors import ConfigError
 from conceptclip.explain import ClassTarget, explain_method, similarity_maps
 from conceptclip.knowledge import Provenance, save_bank, simple_bank
-from conceptclip.knowledge.templates import DEAL as DEAL_TEMPLATE
 from conceptclip.methods import create_method
 from conceptclip.prompts import encode_prompts
 from conceptclip.prompts.concept_lists import resolve_concepts
@@ -22,16 +21,35 @@ PAPER = Provenance(kind="paper", citation="a toy list written for this test")
 
 def test_prompts_are_the_deal_template_and_start_as_its_text(tiny_clip):
     method = make_deal(tiny_clip, perturb=False)
-    expected = [DEAL_TEMPLATE.fill(classname=c, concepts=p) for c, p in CONCEPTS.items()] + \
-        [DEAL_TEMPLATE.fill(classname=c, concepts=[x]) for c, p in CONCEPTS.items() for x in p]
+    expected = ["An image of melanoma with blue veil, dark dots, and streaks.",  # the paper's template (Sec. 3.2)
+                "An image of nevus with pigment network and brown globules.",
+                "An image of keratosis with white cells, smooth edge, and pink area."] + \
+        [f"An image of {c} with {x}." for c, p in CONCEPTS.items() for x in p]
     assert method.prompt_texts() == expected
-    assert expected[0] == "An image of melanoma with blue veil, dark dots, streaks."
+    assert expected[0] == "An image of melanoma with blue veil, dark dots, and streaks."  # the paper's template
     assert expected[3] == "An image of melanoma with blue veil."
     # the context starts as the template's words, so the learned prompts start as the written ones
     with torch.no_grad():
         torch.testing.assert_close(method.all_text_features(), encode_prompts(tiny_clip, expected), rtol=1e-5,
                                    atol=1e-6)
     assert method.concept_names == [f"{c}: {x}" for c, p in CONCEPTS.items() for x in p]
+
+
+def test_defaults_are_the_papers_and_the_earlier_readings_are_options(tiny_clip):
+    from conceptclip.methods.deal import DEALConfig
+
+    c = DEALConfig()
+    assert (c.contrastive, c.explain_prompts, c.disen_reduction) == ("infonce", "raw", "sum")  # Eqs. 2-3, Sec. 3.2
+    assert (c.lambda_disen, c.lambda_local, c.n_concepts, c.heatmap, c.map_norm) == (1.0, 1.0, 5, "gradcam", "sum")
+    assert (c.ctx_init, c.n_ctx, c.image_adapter) == ("an image of", 3, True)
+    random_ctx = make_deal(tiny_clip, {"ctx_init": "", "n_ctx": 8}, perturb=False)  # N(0, 0.02^2) vectors
+    assert 0.016 < float(random_ctx.prompt.ctx.detach().std()) < 0.024
+    previous = make_deal(tiny_clip, {"explain_prompts": "template", "contrastive": "classes",
+                                     "disen_reduction": "mean"})
+    assert not hasattr(previous, "raw_text")
+    batch = token_batch(tiny_clip.embed_dim)
+    terms = previous.loss(batch)
+    torch.testing.assert_close(terms["contr"], F.cross_entropy(previous.logits(batch), batch["labels"]).detach())
 
 
 def test_concept_tables_pad_classes_with_fewer_concepts(tiny_clip):
@@ -56,8 +74,11 @@ def test_concepts_from_a_bank_file_with_class_map_and_top_k(tiny_clip, tmp_path)
 
 
 def test_concept_resolution_errors(tiny_clip, tmp_path):
-    with pytest.raises(ConfigError, match="no concepts: set the bank"):
+    with pytest.raises(ConfigError, match="deal needs concepts: set bank \\(--set bank="):
         create_method("deal", tiny_clip, ["melanoma", "nevus"])
+    for key, value in (("contrastive", "triplet"), ("explain_prompts", "sentence"), ("disen_reduction", "max")):
+        with pytest.raises(ConfigError, match=f"deal {key}='{value}': expected one of"):
+            make_deal(tiny_clip, {key: value})
     with pytest.raises(ConfigError, match="no concept phrases given for class 'nevus'"):
         create_method("deal", tiny_clip, ["melanoma", "nevus"], {"concepts": {"melanoma": ["streaks"]}})
     path = save_bank(simple_bank("toy", {"melanoma": ["streaks"]}, source=PAPER), tmp_path / "b.json")
@@ -76,18 +97,31 @@ def test_concept_resolution_errors(tiny_clip, tmp_path):
 
 
 def test_a_category_prompt_filling_the_context_exactly_is_accepted(tiny_clip):
-    # tiny-clip: 32 tokens; "<sot> an image of melanoma with d0, ..., d6, dark blue dots . <eot>":
-    # 3 context + melanoma with (2) + 7 x "dN," (3 each) + dark blue dots (3) + "." + start/end = 32
+    # tiny-clip: 32 tokens; "<sot> an image of melanoma with d0, ..., d6, and dark dots . <eot>":
+    # 3 context + melanoma with (2) + 7 x "dN," (3 each) + and dark dots (3) + "." + start/end = 32
     concepts = [f"d{i}" for i in range(7)]
     method = create_method("deal", tiny_clip, ["melanoma"],
-                           {"concepts": {"melanoma": concepts + ["dark blue dots"]}, "n_concepts": 0})
+                           {"concepts": {"melanoma": concepts + ["dark dots"]}, "n_concepts": 0})
     assert int(method.prompt.attention_mask[0].sum()) == tiny_clip.context_length == 32
-    assert method.prompt_texts()[0] == "An image of melanoma with d0, d1, d2, d3, d4, d5, d6, dark blue dots."
+    assert method.prompt_texts()[0] == "An image of melanoma with d0, d1, d2, d3, d4, d5, d6, and dark dots."
     words = tiny_clip.tokenizer.convert_ids_to_tokens(method.prompt.input_ids[0, -4:].tolist())
-    assert words == ["blue", "dots", ".", "<eot>"]  # nothing cut
+    assert words == ["dark", "dots", ".", "<eot>"]  # nothing cut
     with pytest.raises(ConfigError, match="the prompt needs 33 tokens .*but only 32 are available.*n_concepts=0"):
         create_method("deal", tiny_clip, ["melanoma"],
-                      {"concepts": {"melanoma": concepts + ["dark blue round dots"]}, "n_concepts": 0})
+                      {"concepts": {"melanoma": concepts + ["dark blue dots"]}, "n_concepts": 0})
+
+
+def test_no_default_bank_on_another_datasets_classes(tiny_clip):
+    """The PH2 criteria are the default on the PH2 dataset only: on any other dataset (here one whose
+    classes happen to be PH2's) DEAL requires the bank, naming the option."""
+    from types import SimpleNamespace
+
+    ph2_classes = ["common nevus", "atypical nevus", "melanoma"]
+    with pytest.raises(ConfigError, match="set bank .*PH2 criteria are the default on PH2 only"):
+        create_method("deal", tiny_clip, ph2_classes, dataset=SimpleNamespace(name="shapes"))
+    method = create_method("deal", tiny_clip, ["circle", "square"], {"bank": "", "concepts": {
+        "circle": ["round edge"], "square": ["four corners"]}}, dataset=SimpleNamespace(name="shapes"))
+    assert method.config.bank == "" and method.concept_lists.sources == {"circle": "given", "square": "given"}
 
 
 @pytest.mark.shared_data
@@ -157,13 +191,16 @@ def test_contributions_sum_to_the_concept_averaged_logits(tiny_clip):
         torch.testing.assert_close(method.logits(batch), s * x @ text[:3].t())
 
 
-def test_similarity_heatmaps_are_adapted_patch_prompt_similarities(tiny_clip):
-    method = make_deal(tiny_clip, {"heatmap": "similarity", "map_norm": "minmax"})
+@pytest.mark.parametrize("mode", ["raw", "template"])
+def test_similarity_heatmaps_are_adapted_patch_text_similarities(tiny_clip, mode):
+    method = make_deal(tiny_clip, {"heatmap": "similarity", "map_norm": "minmax", "explain_prompts": mode})
     batch = token_batch(tiny_clip.embed_dim)
     maps = method.concept_maps(batch, batch["labels"], create_graph=True)
     assert maps.concepts.requires_grad
+    texts = list(CONCEPTS) + [x for p in CONCEPTS.values() for x in p]  # raw class names, raw phrases
     with torch.no_grad():
-        sims = similarity_maps(method.adapter(batch["patches"]), method.all_text_features(), grid=(4, 4))
+        text = F.normalize(tiny_clip.encode_texts(texts), dim=-1) if mode == "raw" else method.all_text_features()
+        sims = similarity_maps(method.adapter(batch["patches"]), text, grid=(4, 4))
     i = 1  # a nevus image: category prompt 1, concept prompts 3 + (3, 4)
     torch.testing.assert_close(maps.category[i].detach(), sims[i, 1])
     torch.testing.assert_close(maps.concepts[i, :2].detach(), sims[i, [6, 7]])
@@ -172,8 +209,37 @@ def test_similarity_heatmaps_are_adapted_patch_prompt_similarities(tiny_clip):
 
 
 @pytest.mark.parametrize("explainer", ["gradcam", "chefer"])
-def test_explain_on_a_vit(tiny_clip, explainer):
+def test_explain_on_a_vit_maps_the_raw_category_name_and_concept_phrases(tiny_clip, explainer):
+    """Default: the maps explain s cos(f'(x), t) for t the raw class name and each raw concept phrase."""
+    from conceptclip.explain import gradcam_for, relevance_for
+    from conceptclip.explain.targets import ModelOutput
+
     method = make_deal(tiny_clip).eval()
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    classes = torch.tensor([0, 1, 2])
+    out = method.heat_maps(pixels, classes, explainer=explainer)
+    texts = list(CONCEPTS) + [x for p in CONCEPTS.values() for x in p]
+    with torch.no_grad():
+        raw = F.normalize(tiny_clip.encode_texts(texts), dim=-1)
+
+    def forward(x: torch.Tensor) -> ModelOutput:
+        feats = tiny_clip.encode_image(x)
+        return ModelOutput(logits=tiny_clip.logit_scale * F.normalize(method.adapter(feats.global_), dim=-1) @ raw.t(),
+                           features=feats)
+
+    tool = relevance_for(tiny_clip, forward) if explainer == "chefer" else gradcam_for(tiny_clip, forward)
+    # targets: the class name (row c), then the class's concept phrases (rows 3 + its flat concept rows)
+    concept_rows = [[3 + r for r in rows] for rows in ([0, 1, 2], [3, 4, 3], [5, 6, 7])]
+    targets = [ClassTarget(classes)] + [ClassTarget(torch.tensor([concept_rows[c][k] for c in classes.tolist()]))
+                                        for k in range(3)]
+    ref = tool.compute(pixels, targets).maps
+    torch.testing.assert_close(out.category, ref[:, 0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out.concepts, ref[:, 1:], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("explainer", ["gradcam", "chefer"])
+def test_explain_on_a_vit_with_template_prompts(tiny_clip, explainer):
+    method = make_deal(tiny_clip, {"explain_prompts": "template"}).eval()
     pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     classes = torch.tensor([0, 1, 2])
     out = method.heat_maps(pixels, classes, explainer=explainer)

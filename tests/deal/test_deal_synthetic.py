@@ -1,12 +1,11 @@
 """On synthetic patch tokens with known part masks and entangled concepts (`entangled_parts`), DEAL's
 objective carries over to held-out images: with the same data, parameters, optimiser and seeds as
 its ablation without R_disen and R_local, DEAL's concept maps are more disentangled (higher
-disentanglability) and score a lower R_disen + R_local.
-
-Part mIoU is measured and printed but not asserted here: on these tokens it does not improve
-reliably, and R_local alone ends higher than the ablation's (the maps separate partly on background
-noise; numbers in docs/deal.md). The part-mIoU comparison on rendered images with the real `lite`
-towers is benchmarks/deal_synthetic.py and its slow test."""
+disentanglability), land more on their parts (part mIoU) and score a lower R_disen + R_local, at
+some cost in training accuracy (the paper's Eq. 3 sums over the K (K - 1) ordered pairs, so at
+lambda = 1 it weighs 6 times the earlier pair mean here; numbers in docs/deal.md). R_local alone ends
+higher than the ablation's (the maps separate partly on background noise). The comparison on
+rendered images with the real `lite` towers is benchmarks/deal_synthetic.py and its slow test."""
 
 from __future__ import annotations
 
@@ -50,19 +49,22 @@ def train_and_measure(backbone, lam: float, seed: int, epochs: int = 30) -> dict
 def test_deal_disentangles_held_out_maps_better_than_its_ablation(tiny_clip):
     zero = make_deal(tiny_clip, perturb=False)
     test_set, _ = entangled_parts(zero, per_class=4, seed=1000)
-    assert disentanglability(zero.concept_maps(test_set, test_set["labels"]).concepts.detach()) < 0.3  # entangled
+    assert disentanglability(zero.concept_maps(test_set, test_set["labels"]).concepts.detach()) < 0.15  # entangled
     seeds = (1, 2)
     deal = [train_and_measure(tiny_clip, 1.0, s) for s in seeds]
     ablation = [train_and_measure(tiny_clip, 0.0, s) for s in seeds]
     print({"deal": deal, "ablation": ablation})
-    for run in deal + ablation:  # both learn the task
+    for run in ablation:  # both learn the task (chance: 1/3)
         assert run["train_accuracy"] >= 0.9
+    for run in deal:
+        assert run["train_accuracy"] >= 0.75
 
     def mean(runs: list[dict], key: str) -> float:
         return sum(r[key] for r in runs) / len(runs)
 
-    assert mean(deal, "disentanglability") > mean(ablation, "disentanglability") + 0.15
+    assert mean(deal, "disentanglability") > mean(ablation, "disentanglability") + 0.075
+    assert mean(deal, "part_miou") > mean(ablation, "part_miou") + 0.05
     objective = [r["r_disen"] + r["r_local"] for r in (*deal, *ablation)]
     assert sum(objective[:2]) / 2 < sum(objective[2:]) / 2 - 0.15
-    # R_disen is minus the disentanglability of the normalised maps (here 3 real concepts per image)
-    assert abs(mean(deal, "r_disen") + mean(deal, "disentanglability")) < 1e-3
+    # R_disen (Eq. 3, 3 real concepts: 6 ordered pairs) is -2 * 6 times the disentanglability in [0, 1]
+    assert abs(mean(deal, "r_disen") + 12 * mean(deal, "disentanglability")) < 1e-2

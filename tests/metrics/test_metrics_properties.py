@@ -65,7 +65,7 @@ def test_overlap_identities(seed):
 def test_disentanglability_range_and_perfect_insertion(seed, k):
     rng = np.random.default_rng(seed)
     d = M.disentanglability(rng.random((3, k, 4, 4)), reduction="none")
-    assert bool(((d >= 0) & (d <= 2)).all())
+    assert bool(((d >= 0) & (d <= 1)).all())
     # insertion/deletion AUC stays in [0, 1] for probabilities
     imgs = torch.tensor(rng.random((2, 1, 4, 4)))
     res = M.insertion_auc(lambda x: x[:, 0].mean(dim=(1, 2)), imgs, torch.tensor(rng.random((2, 4, 4))), n_steps=5)

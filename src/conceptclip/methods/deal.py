@@ -1,33 +1,17 @@
-"""DEAL: disentangle and localise concept-level explanations (Li, Ma, Peng, "DEAL: Disentangle and
-Localize Concept-level Explanations for VLMs", ECCV 2024).
+"""DEAL: disentangle and localise concept-level explanations (Li, Ma, Peng, ECCV 2024); fidelity table in
+docs/deal.md. The text of class c is "An image of [CAT] with [C_1], ..., and [C_K]." (Sec. 3.2); each
+concept also gets "An image of [CAT] with [C_k]." (Eq. 6, ranked explanations). g(x) is the Grad-CAM map
+of s cos(f(I), x) for x the raw class name / raw concept phrase (paper, reference train.py), sum-normalised:
 
-Each class c has concepts c_1 ... c_K (a knowledge bank: DEAL's LLM lists, PH2 criteria, an
-elicited bank). The category prompt is "An image of [CAT] with [C1], [C2], ..." and each concept
-gets its own prompt "An image of [CAT] with [C_k]". For an image x of class y, with e(x, t) the
-heat map explaining the score of prompt t, h_k = e(x, t_{y,k}) and h_y = e(x, t_y):
+    L_contr = 1/N sum_i -log exp(v_i.t_i / tau) / sum_m exp(v_i.t_m / tau)      Eq. 2, in-batch pairs
+    R_disen = - sum_k sum_{j != k} || g(C_k) - g(C_j) ||_1                       Eq. 3, ordered pairs
+    R_local = || (1/K) sum_k g(C_k) - g([CAT]) ||_1                              Eq. 4
+    Risk    = L_contr + lambda R_disen + gamma R_local                            Eq. 5
 
-    L_pred   = CE(softmax_c(s cos(f(x), g(t_c))), y)            contrastive category loss (image -> class prompts)
-    R_disen  = -2 / (K (K - 1)) sum_{j<k} || h_j - h_k ||_1     disentangle: push concept maps apart
-    R_local  = || (1/K) sum_k h_k - h_y ||_1                     localise: mean concept map = category map
-    L        = L_pred + lambda_disen R_disen + lambda_local R_local
-
-Heat maps are Grad-CAM maps (the paper's explanation method; `heatmap="similarity"` uses patch-prompt
-similarity maps instead), each clipped at 0 and normalised to sum 1 (`map_norm="sum"`, so R_disen is
-exactly minus the disentanglability metric and both terms lie in [-2, 0] and [0, 2]). What this file
-fixes in the reference code: there the heat maps are detached before the two terms, so they carry
-no gradient and training reduces to L_pred. Here the Grad-CAM maps are built with
-`create_graph=True`: the gradients dy/dA that weight the activation are themselves differentiable,
-so R_disen and R_local reach the trained parameters (tested).
-
-What is trained: the paper fine-tunes CLIP. Here (cheap on a frozen backbone with cached features)
-the shared prompt context (initialised from "an image of", spliced into every category and concept
-prompt) and a residual linear map on the image embedding space, f'(v) = v + W v + b (W, b zero at
-start), applied to the global feature and to every patch token. On `lite` the image head is linear
-and the global feature is the mean of the patch tokens, so this is fine-tuning the image head (in its
-output space) and the training-time Grad-CAM on the adapted patch tokens is Grad-CAM of the model's
-own score. On ViTs the global feature is the CLS token, which does not read the last block's patch
-tokens; training-time maps there are Grad-CAM of the patch-pooled score (or similarity maps), while
-`heat_maps` gives Grad-CAM and Chefer relevance of the real score on pixels.
+Grad-CAM is built with `create_graph=True`, so R_disen and R_local train (the reference code's maps carry
+no gradient). Trained (the paper fine-tunes CLIP): the shared prompt context and a residual linear map
+f'(v) = v + W v + b (zero at start) on the global feature and every patch token; with raw-text maps on a
+frozen text tower the regularisers reach the image map only.
 """
 
 from __future__ import annotations
@@ -45,7 +29,6 @@ from conceptclip.explain.cam import GradCAM, vit_reshape
 from conceptclip.explain.method import gradcam_for, relevance_for
 from conceptclip.explain.similarity import similarity_maps
 from conceptclip.explain.targets import ClassTarget, ModelOutput
-from conceptclip.knowledge.templates import DEAL as DEAL_TEMPLATE
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
 from conceptclip.methods.coop import CoOp
@@ -54,6 +37,9 @@ from conceptclip.prompts.concept_lists import ConceptLists, resolve_concepts
 
 HEATMAPS = ("gradcam", "similarity")
 MAP_NORMS = ("sum", "minmax")
+CONTRASTIVE = ("infonce", "symmetric", "classes")
+EXPLAIN_PROMPTS = ("raw", "template")
+REDUCTIONS = ("sum", "mean")
 
 
 @dataclass
@@ -61,12 +47,15 @@ class DEALConfig(MethodConfig):
     ctx_init: str = "an image of"  # the DEAL template's words, learnable; "" = n_ctx random vectors
     n_ctx: int = 3
     init_std: float = 0.02
-    bank: str = ""  # shared-bank name ("deal/cub", "ph2") or bank JSON; "" = "ph2" on PH2, else concepts=...
+    bank: str = ""  # shared-bank name ("deal/cub", "ph2") or bank JSON; "" = "ph2" on PH2 only, else required
     class_map: dict[str, str] = field(default_factory=dict)  # dataset class -> bank class
     concepts: dict[str, list[str]] = field(default_factory=dict)  # class -> phrases; given lists beat the bank
-    n_concepts: int = 6  # concepts per class (DEAL's lists have six); 0 = all
-    lambda_disen: float = 1.0
-    lambda_local: float = 1.0
+    n_concepts: int = 5  # concepts per class: the reference code's first five ([:5]); 0 = all
+    lambda_disen: float = 1.0  # lambda of Eq. 5 (the paper gives no value: ours)
+    lambda_local: float = 1.0  # gamma of Eq. 5 (ours)
+    contrastive: str = "infonce"  # Eq. 2 in-batch | symmetric (reference train.py) | classes (CE over class prompts)
+    explain_prompts: str = "raw"  # maps w.r.t. raw class name / concept phrase | template (the prompts)
+    disen_reduction: str = "sum"  # Eq. 3 sum over ordered pairs | mean (= lambda / (K (K - 1)) on Eq. 3)
     heatmap: str = "gradcam"  # gradcam | similarity
     map_norm: str = "sum"  # sum: relu(h) / sum relu(h); minmax: (h - min) / (max - min)
     image_adapter: bool = True  # train the residual linear map on the image embedding space
@@ -99,21 +88,36 @@ def _check_maps(maps: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return mask.bool()
 
 
-def disentangle_loss(maps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """R_disen = - mean over images of the mean pairwise L1 distance between an image's concept maps:
-
-        R_disen(x) = -2 / (K (K - 1)) sum_{j<k} sum_ij |h_j(i, j) - h_k(i, j)|
-
-    maps (B, K, h, w), already normalised; mask (B, K) marks real concepts (images with fewer than
-    two contribute 0)."""
+def disentangle_loss(maps: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "sum") -> torch.Tensor:
+    """R_disen (Eq. 3), averaged over images: - sum_k sum_{j != k} ||h_k - h_j||_1 over the ordered pairs
+    of an image's real concepts ("sum"), or that sum / (K (K - 1)) ("mean"). maps (B, K, h, w), already
+    normalised; mask (B, K) marks real concepts (images with fewer than two contribute 0)."""
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"disen_reduction={reduction!r}: expected one of {REDUCTIONS}")
     mask = _check_maps(maps, mask)
     flat = maps.flatten(2)
     dist = (flat.unsqueeze(2) - flat.unsqueeze(1)).abs().sum(-1)  # (B, K, K)
     m = mask.to(flat.dtype)
     pair = m.unsqueeze(2) * m.unsqueeze(1) * (1 - torch.eye(maps.shape[1], dtype=flat.dtype, device=flat.device))
-    n_pairs = pair.sum((1, 2))
-    per_image = (dist * pair).sum((1, 2)) / n_pairs.clamp_min(1.0)  # ordered pairs: the same mean
+    per_image = (dist * pair).sum((1, 2))  # Eq. 3: every ordered pair (j, k), j != k
+    if reduction == "mean":
+        per_image = per_image / pair.sum((1, 2)).clamp_min(1.0)
     return -per_image.mean()
+
+
+def contrastive_loss(scores: torch.Tensor, labels: torch.Tensor, mode: str = "infonce") -> torch.Tensor:
+    """L_contr from scores (B, C) = v_i.t_c / tau against every class text. "infonce" (Eq. 2): image i's
+    text t_i is its class's, the negatives are the other N - 1 texts of the batch (a class present n
+    times counts n times); "symmetric": mean of Eq. 2 and its text-to-image twin (reference train.py);
+    "classes": cross-entropy over all C class texts."""
+    if mode not in CONTRASTIVE:
+        raise ConfigError(f"deal contrastive={mode!r}: expected one of {CONTRASTIVE}")
+    if mode == "classes":
+        return F.cross_entropy(scores, labels)
+    pairs = scores[:, labels]  # (N, N): v_i . t_m / tau
+    target = torch.arange(len(labels), device=scores.device)
+    loss = F.cross_entropy(pairs, target)
+    return (loss + F.cross_entropy(pairs.t(), target)) / 2 if mode == "symmetric" else loss
 
 
 def localize_loss(maps: torch.Tensor, category_map: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -164,10 +168,10 @@ class DEAL(Method):
                  **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
         c = self.config
-        if c.heatmap not in HEATMAPS:
-            raise ConfigError(f"deal heatmap={c.heatmap!r}: expected one of {HEATMAPS}")
-        if c.map_norm not in MAP_NORMS:
-            raise ConfigError(f"deal map_norm={c.map_norm!r}: expected one of {MAP_NORMS}")
+        for key, allowed in (("heatmap", HEATMAPS), ("map_norm", MAP_NORMS), ("contrastive", CONTRASTIVE),
+                             ("explain_prompts", EXPLAIN_PROMPTS), ("disen_reduction", REDUCTIONS)):
+            if getattr(c, key) not in allowed:
+                raise ConfigError(f"deal {key}={getattr(c, key)!r}: expected one of {allowed}")
         if c.lambda_disen < 0 or c.lambda_local < 0:
             raise ConfigError(f"deal lambda_disen={c.lambda_disen}, lambda_local={c.lambda_local}: expected >= 0")
         if c.n_concepts < 0:
@@ -177,6 +181,9 @@ class DEAL(Method):
         given = dict(concepts) if concepts is not None else dict(c.concepts)
         if not given and not c.bank and getattr(self.context.get("dataset"), "name", "") == "ph2":
             c.bank = "ph2"  # the PH2 criteria per diagnosis (recorded in the config)
+        if not given and not c.bank:  # never a default bank on another dataset's classes
+            raise ConfigError("deal needs concepts: set bank (--set bank=deal/cub, ph2, ... or a bank JSON file) "
+                              "or concepts={class: [phrases]}; the PH2 criteria are the default on PH2 only")
         self.concept_lists: ConceptLists = resolve_concepts(self.classnames, concepts=given or None, bank=c.bank,
                                                             class_map=c.class_map, top_k=c.n_concepts or None,
                                                             bank_exclude=self.context.get("knowledge_exclude"))
@@ -185,7 +192,9 @@ class DEAL(Method):
         index, mask = self.concept_lists.tables()
         self.register_buffer("concept_index", index, persistent=False)
         self.register_buffer("concept_mask", mask, persistent=False)
-        join = DEAL_TEMPLATE.join
+        def join(p: list[str]) -> str:  # Sec. 3.2: "with [CONCEPT_1], [CONCEPT_2], ..., and [CONCEPT_K]"
+            return " and ".join(p) if len(p) < 3 else ", ".join(p[:-1]) + ", and " + p[-1]
+
         cats = [f"{name} with {join(list(p))}" for name, p in zip(self.classnames, self.concept_lists.concepts)]
         cons = [f"{self.classnames[ci]} with {p}" for ci, p in self.concept_lists.flat]
         self.concept_names = [f"{self.classnames[ci]}: {p}" for ci, p in self.concept_lists.flat]
@@ -197,6 +206,10 @@ class DEAL(Method):
             raise PromptLengthError(f"deal prompts: {err}; a category prompt lists all its class's concepts: use "
                                     f"fewer or shorter concepts (n_concepts={c.n_concepts})") from err
         self.adapter: nn.Module = TokenAdapter(backbone.embed_dim) if c.image_adapter else nn.Identity()
+        if c.explain_prompts == "raw":  # the raw class names, then the raw concept phrases (frozen text tower)
+            with torch.no_grad():
+                raw = backbone.encode_texts(list(self.classnames) + [p for _, p in self.concept_lists.flat])
+            self.register_buffer("raw_text", normalize(raw.float()), persistent=False)
 
     # -- prompts ---------------------------------------------------------------------------------
     @property
@@ -211,6 +224,13 @@ class DEAL(Method):
     def all_text_features(self) -> torch.Tensor:
         """L2-normalised features (C + T, D): category prompts, then concept prompts class by class."""
         return normalize(self.prompt())
+
+    def explain_text(self, text: torch.Tensor | None = None) -> torch.Tensor:
+        """(C + T, D) texts the heat maps explain: raw class names and concept phrases ("raw") or the
+        category and concept prompts ("template"; `text`, default `all_text_features()`)."""
+        if self.config.explain_prompts == "raw":
+            return self.raw_text
+        return self.all_text_features() if text is None else text
 
     def text_features(self) -> torch.Tensor:
         """The category prompts' features (C, D) (what the class logits read)."""
@@ -266,6 +286,7 @@ class DEAL(Method):
             with torch.no_grad():
                 classes = self._scores(batch, text)[:, : self.n_classes].argmax(1)
         mask = self.concept_mask[classes]
+        text = self.explain_text(text)
         if self.config.heatmap == "similarity":
             sims = similarity_maps(self.adapter(patches), text, grid=(side, side))  # (B, C + T, h, w)
             rows = torch.arange(b, device=sims.device)
@@ -288,24 +309,24 @@ class DEAL(Method):
         """(R_disen, R_local) of heat maps, after `map_norm`."""
         con = normalize_heatmaps(maps.concepts, self.config.map_norm)
         cat = normalize_heatmaps(maps.category, self.config.map_norm)
-        return disentangle_loss(con, maps.mask), localize_loss(con, cat, maps.mask)
+        return disentangle_loss(con, maps.mask, self.config.disen_reduction), localize_loss(con, cat, maps.mask)
 
     # -- training --------------------------------------------------------------------------------
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c = self.config
         labels = batch["labels"]
         text = self.all_text_features()  # once per step, for the logits and every heat map
-        ce = self.classification_loss(self._scores(batch, text)[:, : self.n_classes], labels)
+        contr = contrastive_loss(self._scores(batch, text)[:, : self.n_classes], labels, c.contrastive)  # Eq. 2
         regularised = c.lambda_disen > 0 or c.lambda_local > 0
         maps = self.concept_maps(batch, labels, text=text, create_graph=regularised)
         r_disen, r_local = self.regularisers(maps)
-        total = ce + c.lambda_disen * r_disen + c.lambda_local * r_local if regularised else ce
-        return {"loss": total, "ce": ce.detach(), "r_disen": r_disen.detach(), "r_local": r_local.detach()}
+        total = contr + c.lambda_disen * r_disen + c.lambda_local * r_local if regularised else contr  # Eq. 5
+        return {"loss": total, "contr": contr.detach(), "r_disen": r_disen.detach(), "r_local": r_local.detach()}
 
     # -- explanations on pixels ------------------------------------------------------------------
     def pixel_forward(self, text: torch.Tensor | None = None):
-        """pixels -> ModelOutput with logits over the C category and T concept prompts (B, C + T)."""
-        text = self.all_text_features().detach() if text is None else text
+        """pixels -> ModelOutput with logits (B, C + T) over `text` (default: the explained texts)."""
+        text = self.explain_text().detach() if text is None else text
 
         def forward(pixels: torch.Tensor) -> ModelOutput:
             feats = self.backbone.encode_image(pixels)
@@ -326,7 +347,7 @@ class DEAL(Method):
                 classes = self._scores({"features": self.backbone.encode_image(pixels).global_}, text)[
                     :, : self.n_classes].argmax(1)
         classes = torch.as_tensor(classes, device=pixels.device).long()
-        forward = self.pixel_forward(text)
+        forward = self.pixel_forward(self.explain_text(text))
         tool = relevance_for(self.backbone, forward) if explainer == "chefer" else gradcam_for(self.backbone, forward)
         res = tool.compute(pixels, self._targets(classes), create_graph=create_graph)
         return ConceptMaps(res.maps[:, 1:], res.maps[:, 0], self.concept_mask[classes], classes, res.scores)

@@ -11,7 +11,13 @@ from conceptclip.metrics.classification import (
     confusion_matrix,
     f1_score,
 )
-from conceptclip.metrics.concepts import concept_averaged_accuracy, disentanglability, part_miou
+from conceptclip.metrics.concepts import (
+    concept_prediction_accuracy,
+    concept_slot_accuracy,
+    disentanglability,
+    localisability,
+    part_miou,
+)
 from conceptclip.metrics.faithfulness import (
     PerturbationCurve,
     deletion_auc,
@@ -51,7 +57,8 @@ __all__ = [
     "balanced_accuracy",
     "binarize_maps",
     "bootstrap_ci",
-    "concept_averaged_accuracy",
+    "concept_prediction_accuracy",
+    "concept_slot_accuracy",
     "confusion_matrix",
     "deletion_auc",
     "disentanglability",
@@ -60,6 +67,7 @@ __all__ = [
     "f1_score",
     "gaussian_blur",
     "insertion_auc",
+    "localisability",
     "intervention_effect",
     "intervention_summary",
     "map_grounding_scores",

@@ -1,5 +1,6 @@
-"""Concept-explanation metrics of DEAL: disentanglability of concept maps, part mIoU of
-thresholded concept maps, and concept-averaged prediction accuracy."""
+"""Concept-explanation metrics of DEAL (Sec. 4.2): disentanglability of concept maps (in [0, 1]),
+localisability (normalised insertion AUC of a concept's own score), the concept-averaged prediction
+accuracy of Eq. 6; and part mIoU of thresholded concept maps and the per-slot concept accuracy (ours)."""
 
 from __future__ import annotations
 
@@ -21,20 +22,21 @@ from conceptclip.metrics._validate import (
     nanmean,
     shape_str,
 )
+from conceptclip.metrics.faithfulness import Canvas, Model, PerturbationCurve, insertion_auc
 from conceptclip.metrics.grounding import align, binarize_maps
 
 
 def disentanglability(
     maps: ArrayLike, *, reduction: Literal["mean", "none"] = "mean"
 ) -> float | torch.Tensor:
-    """Mean normalised pairwise L1 distance between the K concept maps of each image.
+    """DEAL's disentanglability: -R_disen (Eq. 3) normalised to [0, 1] (Sec. 4.2), per image.
 
     Maps (..., K, H, W) are clipped at 0 (negative evidence dropped, as Grad-CAM's ReLU) and
-    normalised to sum 1, p_k = relu(m_k) / sum relu(m_k), so that
+    normalised to sum 1, p_k = relu(m_k) / sum relu(m_k), so that ||p_j - p_k||_1 <= 2 and
 
-        D = 2 / (K (K - 1)) * sum_{j < k} ||p_j - p_k||_1      in [0, 2]
+        D = 1 / (2 K (K - 1)) * sum_k sum_{j != k} ||p_j - p_k||_1      in [0, 1]
 
-    0 means identical maps, 2 means maps with disjoint support (perfectly disentangled).
+    0 means identical maps, 1 means maps with disjoint support (perfectly disentangled).
     A map that is zero everywhere has no distribution: its pairs are NaN and skipped; an image
     with no defined pair is NaN. reduction="none" returns one value per image (...,).
     """
@@ -55,8 +57,58 @@ def disentanglability(
     j, i = torch.triu_indices(k, k, offset=1)
     d = dist[:, j, i]
     ok = pair_ok[:, j, i]
-    per_image = safe_div((d * ok).sum(dim=1), ok.sum(dim=1).double()).reshape(lead)
+    per_image = safe_div((d * ok).sum(dim=1), 2 * ok.sum(dim=1).double()).reshape(lead)
     return nanmean(per_image) if reduction == "mean" else per_image
+
+
+def localisability(
+    score: Model,
+    images: ArrayLike,
+    saliency: ArrayLike,
+    *,
+    n_steps: int = 100,
+    canvas: Canvas | ArrayLike = "blur",
+    blur_kernel: int = 11,
+    blur_sigma: float = 5.0,
+) -> PerturbationCurve:
+    """DEAL's localisability (Sec. 4.2): the insertion curve of a concept's own predictive score,
+    normalised to [0, 1], and its area.
+
+    `score` maps images (B, C, H, W) to the concept's score (B,) (e.g. cos(f(x), t_k)); pixels are
+    inserted in the order of `saliency` onto a blurred canvas (`insertion_auc`). With y_0 the score
+    on the canvas and y_S on the full image, each step is normalised as in the reference code
+    (tangli-udel/DEAL, exp_localizability.ipynb):  y'_s = clip(|y_s - y_0| / |y_S - y_0|, 0, 1);
+    auc = trapezoid area of y' (NaN where y_S = y_0)."""
+    curve = insertion_auc(score, images, saliency, n_steps=n_steps, canvas=canvas, blur_kernel=blur_kernel,
+                          blur_sigma=blur_sigma)
+    y = curve.scores
+    span = (y[:, -1:] - y[:, :1]).abs()
+    norm = ((y - y[:, :1]).abs() / span.where(span > 0, torch.full_like(span, float("nan")))).clamp(0, 1)
+    dx = curve.fractions[1:] - curve.fractions[:-1]
+    return PerturbationCurve(curve.fractions, norm, (dx * (norm[:, 1:] + norm[:, :-1]) / 2).sum(dim=1))
+
+
+def concept_prediction_accuracy(
+    scores: ArrayLike, targets: ArrayLike, mask: ArrayLike | None = None
+) -> float:
+    """DEAL's prediction accuracy (Eq. 6): class c scores s(I, c) = (1/K_c) sum_k sim(I, C_{c,k}),
+    the mean similarity over its real concepts; accuracy of argmax_c s(I, c).
+
+    scores (N, C, K): similarity of image n with concept k of class c; mask (C, K) marks real
+    concepts (default all); targets (N,) class labels."""
+    s = as_tensor(scores, "scores")
+    if s.ndim != 3 or s.numel() == 0:
+        raise ConfigError(f"scores: expected shape (N, C, K), got {shape_str(s.shape)}")
+    check_finite(s, "scores")
+    m = torch.ones(s.shape[1:], dtype=torch.bool) if mask is None else as_tensor(mask, "mask").bool()
+    if tuple(m.shape) != tuple(s.shape[1:]):
+        raise ConfigError(f"mask: expected shape {shape_str(s.shape[1:])} (C, K), got {shape_str(m.shape)}")
+    y = check_labels(as_tensor(targets, "targets"), "targets", s.shape[1])
+    if y.shape != (s.shape[0],):
+        raise ConfigError(f"targets: expected shape ({s.shape[0]},), got {shape_str(y.shape)}")
+    w = m.to(s.device).double()
+    class_scores = (s.double() * w).sum(-1) / w.sum(-1).clamp_min(1.0)
+    return float((class_scores.argmax(1) == y.to(s.device)).double().mean())
 
 
 def part_miou(
@@ -105,14 +157,14 @@ def part_miou(
     return nanmean(per_part) if average == "macro" else per_part
 
 
-def concept_averaged_accuracy(
+def concept_slot_accuracy(
     predictions: ArrayLike,
     targets: ArrayLike,
     *,
     threshold: float = 0.5,
     average: Literal["macro", "none"] = "macro",
 ) -> float | torch.Tensor:
-    """Prediction accuracy of each concept, averaged over the K concepts:
+    """Per-slot concept accuracy (ours, not DEAL's Eq. 6): accuracy of each concept slot k, averaged:
 
         acc_k = mean_n [pred_nk == y_nk],     result = mean_k acc_k
 
