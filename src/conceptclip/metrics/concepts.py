@@ -70,6 +70,8 @@ def localisability(
     canvas: Canvas | ArrayLike = "blur",
     blur_kernel: int = 11,
     blur_sigma: float = 5.0,
+    blur: str = "rise",
+    ties: str = "rise",
 ) -> PerturbationCurve:
     """DEAL's localisability (Sec. 4.2): the insertion curve of a concept's own predictive score,
     normalised to [0, 1], and its area.
@@ -78,9 +80,10 @@ def localisability(
     inserted in the order of `saliency` onto a blurred canvas (`insertion_auc`). With y_0 the score
     on the canvas and y_S on the full image, each step is normalised as in the reference code
     (tangli-udel/DEAL, exp_localizability.ipynb):  y'_s = clip(|y_s - y_0| / |y_S - y_0|, 0, 1);
-    auc = trapezoid area of y' (NaN where y_S = y_0)."""
+    auc = trapezoid area of y' (NaN where y_S = y_0). `blur`/`ties`: the canvas and tie order of
+    `insertion_auc` (default RISE's; "sampled"/"raster" is the earlier canvas)."""
     curve = insertion_auc(score, images, saliency, n_steps=n_steps, canvas=canvas, blur_kernel=blur_kernel,
-                          blur_sigma=blur_sigma)
+                          blur_sigma=blur_sigma, blur=blur, ties=ties)
     y = curve.scores
     span = (y[:, -1:] - y[:, :1]).abs()
     norm = ((y - y[:, :1]).abs() / span.where(span > 0, torch.full_like(span, float("nan")))).clamp(0, 1)
