@@ -76,6 +76,7 @@ def score_part(method, dataset, ids, args, faithful: bool, rng_seed: int) -> dic
     from conceptclip.data import load_image
     from conceptclip.explain import center_gaussian_maps, load_masks, random_maps
     from conceptclip.explain.command import available_explainers
+    from conceptclip.explain.method import method_forward
     from conceptclip.explain.sanity import class_maps
     from conceptclip.metrics import deletion_auc, insertion_auc, map_grounding_scores, pointing_game
 
@@ -87,8 +88,9 @@ def score_part(method, dataset, ids, args, faithful: bool, rng_seed: int) -> dic
         pixels = bb.preprocess([load_image(s.path) for s in chunk])
         masks = load_masks([s.mask for s in chunk], bb.image_size)
         n = len(chunk)
+        forward = method_forward(method)  # global features, and patch tokens for methods that read them
         with torch.no_grad():
-            pred = method.logits({"features": bb.encode_image(pixels).global_}).argmax(1)
+            pred = forward(pixels).logits.argmax(1)
         maps = {"gradcam": class_maps(method, pixels, "gradcam", pred)}
         if "similarity" in usable:
             maps["similarity"] = class_maps(method, pixels, "similarity", pred)
@@ -96,9 +98,9 @@ def score_part(method, dataset, ids, args, faithful: bool, rng_seed: int) -> dic
         maps["random"] = random_maps(n, grid, seed=rng_seed * 100003 + start)
         maps["centre"] = center_gaussian_maps(n, bb.image_size, args.sigma)
 
-        def target_prob(x: torch.Tensor, pred=pred) -> torch.Tensor:
+        def target_prob(x: torch.Tensor, pred=pred, forward=forward) -> torch.Tensor:
             with torch.no_grad():
-                logits = method.logits({"features": bb.encode_image(x).global_})
+                logits = forward(x).logits
             return method.probabilities(logits)[torch.arange(x.shape[0]), pred]
 
         for name, m in maps.items():
