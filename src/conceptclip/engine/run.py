@@ -59,8 +59,8 @@ def check_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder; -o/--out expects a results folder")
-    if not out.exists() or not any(out.iterdir()):
-        return "new"
+    if not out.exists() or all(p.name == RUN_MARKER for p in out.iterdir()):
+        return "new"  # absent, empty, or claimed by a run killed before it wrote anything
     if overwrite:
         if not is_results_folder(out, kind):
             raise ConfigError(f"{out}: not a conceptclip {kind} folder (no {RUN_MARKER} marker"
