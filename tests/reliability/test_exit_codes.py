@@ -26,7 +26,8 @@ ENTRY = ("import sys; from importlib.metadata import entry_points; sys.argv[0] =
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1",
+    path = os.pathsep.join([str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path, "OMP_NUM_THREADS": "1",
             "CONCEPTCLIP_CACHE": str(tmp_path / "cache"), "TQDM_DISABLE": "1"}
 
 

@@ -68,10 +68,10 @@ def check_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False
                               "conceptclip made: choose another -o or remove it yourself")
         return "replace"
     if resume:
-        if not (out / "config.json").is_file():
-            raise ConfigError(f"{out}: not a conceptclip results folder (config.json missing); nothing to resume")
         if (out / "metrics.json").exists():
             raise ConfigError(f"{out}: this run already finished (metrics.json exists); use --overwrite to redo it")
+        if not (out / "config.json").is_file():
+            raise ConfigError(f"{out}: not a conceptclip results folder (config.json missing); nothing to resume")
         return "resume"
     raise ConfigError(f"{out}: results folder already exists; pass --resume to continue it or "
                       "--overwrite to replace it")
