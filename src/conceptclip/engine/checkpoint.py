@@ -65,7 +65,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except (KeyError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not a conceptclip training checkpoint (missing metadata: {exc})") from None
     if (not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int) or not isinstance(meta.get("history"), list)
-            or not isinstance(meta.get("best_score", 0.0), (int, float, type(None)))
+            or not isinstance(meta.get("best_score"), (int, float, type(None)))
             or not isinstance(meta.get("optimizer"), (dict, type(None)))
             or not isinstance(meta.get("train_config"), (dict, type(None)))):
         raise CheckpointError(f"{path}: not a conceptclip training checkpoint (metadata needs an integer 'epoch', "
