@@ -177,3 +177,15 @@ def test_checkpoint_round_trips_every_part_of_the_state(tmp_path):
     with pytest.raises(CheckpointError, match="refusing to unpickle"):  # pickles only when asked
         load_method_weights(tmp_path / "w.pt")
     assert torch.equal(load_method_weights(tmp_path / "w.pt", allow_pickle=True)["head.weight"], model["head.weight"])
+
+
+def test_checkpoint_of_another_shape_is_one_line(tiny_clip, parts, tmp_path, monkeypatch):
+    """A checkpoint whose tensors do not fit the method (n_ctx 2 vs 3) is refused naming the file."""
+    ckpt = tmp_path / "c.ckpt"
+    _kill(tiny_clip, ckpt, *parts, 1, monkeypatch)
+    torch.manual_seed(0)
+    other = create_method("coop", tiny_clip, CLASSES, {"n_ctx": 3})
+    with pytest.raises(CheckpointError,  # the first line of torch's message only
+                       match=r"c\.ckpt: cannot resume 'coop' from it \(Error\(s\) in loading state_dict for CoOp:\)") as exc:
+        fit(other, *parts, _cfg(), checkpoint=ckpt)
+    assert "\n" not in str(exc.value)
