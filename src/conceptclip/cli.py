@@ -38,11 +38,15 @@ def parse_options(items: list[str] | None, what: str) -> dict[str, Any]:
     return out
 
 
-def _dataset(spec: str, root: Optional[str] = None):
+def _dataset(spec: str, root: Optional[str] = None, classes: str | list[str] | None = None):
     from conceptclip.data import load_dataset
 
     kwargs = {"root": root} if root else {}
-    return load_dataset(spec, **kwargs)
+    return load_dataset(spec, classes=classes, **kwargs)
+
+
+CLASSES_HELP = ("class names in index order for a CSV/JSON manifest: NAME,NAME,... or a file with one per line "
+                "(default: the manifest's <stem>.classes.txt, else the sorted labels)")
 
 
 def _split(dataset, split_file: Optional[Path], shots: int, seed: int, base2novel: bool = False):
@@ -66,11 +70,12 @@ def align(
     out: Path = typer.Option(Path("lite_heads.safetensors"), help="where to write the aligned heads"),
     epochs: int = typer.Option(300, help="training epochs of the heads"),
     split: Optional[Path] = typer.Option(None, help="split manifest whose 'train' part is used (default: holdout train pool)"),
+    classes: Optional[str] = typer.Option(None, help=CLASSES_HELP),
 ) -> None:
     """Align the `lite` backbone's projection heads contrastively on image-caption pairs."""
     from conceptclip.backbones.align import AlignConfig, align as run_align
 
-    ds = _dataset(dataset)
+    ds = _dataset(dataset, classes=classes)
     sp = _split(ds, split, 0, 0)
     backbone = _lite_unaligned()
     summary = run_align(backbone, ds, sp.parts["train"], out, AlignConfig(epochs=epochs))
@@ -100,12 +105,13 @@ def train(
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
     overwrite: bool = typer.Option(False, help="replace an existing results folder"),
+    classes: Optional[str] = typer.Option(None, help=CLASSES_HELP),
 ) -> None:
     """Train a method on a split and evaluate it once on the test part."""
     from conceptclip.backbones import create_backbone
     from conceptclip.engine import run_experiment
 
-    ds = _dataset(dataset)
+    ds = _dataset(dataset, classes=classes)
     sp = _split(ds, split, shots, seed, base2novel)
     tcfg = {"seed": seed, **parse_options(train_option, "--train")}
     if device:
@@ -124,6 +130,7 @@ def evaluate(
     part: str = typer.Option("all", help="'all' images, or a part of --split"),
     split: Optional[Path] = typer.Option(None, help="split manifest naming the part"),
     out: Optional[Path] = typer.Option(None, help="write the metrics JSON here"),
+    classes: Optional[str] = typer.Option(None, help=CLASSES_HELP),
 ) -> None:
     """Evaluate a trained run on a (new) labelled dataset."""
     from conceptclip.data import FeatureCache, Split
@@ -133,7 +140,11 @@ def evaluate(
     from conceptclip.io import write_json
 
     method, cfg = load_run(run)
-    ds = _dataset(dataset)
+    from conceptclip.data.dataset import sidecar_classes
+
+    if classes is None and dataset.lower().endswith(".csv") and not sidecar_classes(Path(dataset)).is_file():
+        classes = list(method.classnames)  # a CSV's labels name (or index) the run's classes
+    ds = _dataset(dataset, classes=classes)
     if [c.lower() for c in ds.classnames] != [c.lower() for c in method.classnames]:
         raise ConfigError(f"dataset {ds.name!r} classes {ds.classnames} differ from the run's {method.classnames}")
     ids = [s.id for s in ds.samples] if part == "all" else Split.load(split, ds).parts[part] if split else None

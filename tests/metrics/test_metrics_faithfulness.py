@@ -66,7 +66,7 @@ def test_insertion_blurred_canvas_against_scipy_blur():
     blurred = ndimage.gaussian_filter(img[0, 0].numpy().astype(np.float64), sigma=5, truncate=1.0, mode="nearest")
     b = blurred[:2, :2].mean()
     sal = img[:, 0] + 0.001 * torch.rand(1, 8, 8)
-    res = insertion_auc(region_mean, img, sal, n_steps=16)
+    res = insertion_auc(region_mean, img, sal, n_steps=16, blur="sampled")
     assert res.scores[0, 0] == pytest.approx(b, abs=1e-6)
     assert res.auc[0] == pytest.approx((b + 1) / 32 + 15 / 16, abs=1e-6)
 
@@ -97,15 +97,15 @@ def test_gaussian_kernel_and_blur():
     g = gaussian_kernel1d(3, 1.0)
     delta = torch.zeros(1, 1, 7, 7)
     delta[0, 0, 3, 3] = 1
-    out = gaussian_blur(delta, 3, 1.0)[0, 0]
+    out = gaussian_blur(delta, 3, 1.0, blur="sampled")[0, 0]
     assert out[2:5, 2:5].double() == pytest.approx(torch.outer(g, g), abs=1e-7)
     assert float(out.sum()) == pytest.approx(1.0, abs=1e-6)
     const = torch.full((2, 3, 5, 5), 0.3)
-    assert torch.allclose(gaussian_blur(const), const)  # replicate padding keeps constants
+    assert torch.allclose(gaussian_blur(const, blur="sampled"), const)  # replicate padding keeps constants
     rnd = torch.rand(1, 2, 9, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     for c in range(2):
         ref = ndimage.gaussian_filter(rnd[0, c].numpy(), sigma=5, truncate=1.0, mode="nearest")
-        assert np.allclose(gaussian_blur(rnd)[0, c].numpy(), ref)
+        assert np.allclose(gaussian_blur(rnd, blur="sampled")[0, c].numpy(), ref)
 
 
 def test_faithfulness_bad_inputs():

@@ -43,6 +43,20 @@ def test_pointing_game_hits_misses_and_empty_masks():
     assert pointing_game(maps, masks, tolerance=5) == pytest.approx(1.0)  # 4.24 <= 5
 
 
+def test_pointing_game_constant_map_is_a_miss():
+    # an all-zero (or any constant) map has no maximum to point with: a miss even when the mask
+    # covers the top-left pixel, where a first-argmax rule would land; empty masks stay undefined
+    maps = torch.stack([torch.zeros(4, 4), torch.full((4, 4), 0.3), torch.zeros(4, 4)])
+    masks = torch.stack([grid([(0, 0)]), torch.ones(4, 4), grid([])])
+    per = pointing_game(maps, masks, reduction="none")
+    assert per[:2].tolist() == [0.0, 0.0] and math.isnan(per[2])
+    assert pointing_game(maps[:2], masks[:2], tolerance=15) == 0.0
+    assert pointing_game(maps[:1], masks[:1]) == 0.0
+    # one raised pixel is enough to point again
+    maps[0, 0, 0] = 1e-6
+    assert pointing_game(maps[:1], masks[:1]) == 1.0
+
+
 def test_pointing_game_tolerance_boundary_15px():
     maps = torch.zeros(1, 32, 32)
     maps[0, 0, 0] = 1.0

@@ -99,8 +99,8 @@ class Split:
 
 def _by_class(dataset: Dataset, ids: list[str]) -> dict[int, list[str]]:
     if dataset.multilabel:
-        raise DataError(f"dataset {dataset.name!r} is multi-label: use holdout_split (class-stratified few-shot "
-                        "sampling needs one label per image)")
+        raise DataError(f"dataset {dataset.name!r} is multi-label: train on the whole pool (--shots 0, "
+                        "holdout_split in Python); class-stratified few-shot sampling needs one label per image")
     groups: dict[int, list[str]] = {c: [] for c in range(len(dataset.classnames))}
     for i in sorted(ids):
         groups[dataset.by_id(i).label].append(i)

@@ -247,7 +247,7 @@ def _run_in(out: Path, method, method_name: str, dataset: Dataset, split: Split,
             labels, names = part.labels, method.classnames
         metrics[name] = classification_metrics(probs, labels, names, dataset.multilabel)
         for i, sid in enumerate(part.ids):
-            lab = labels[i].tolist()
+            lab = labels[i].nonzero()[:, 0].tolist() if dataset.multilabel else labels[i].tolist()  # [i; j]: class indices
             rows.append(f"{name},{sid},{json.dumps(lab).replace(',', ';')}," + ",".join(f"{p:.6f}" for p in probs[i].tolist()))
     if "test_base" in metrics and "test_novel" in metrics:
         b, n = metrics["test_base"]["accuracy"], metrics["test_novel"]["accuracy"]

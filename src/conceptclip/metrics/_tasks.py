@@ -5,9 +5,11 @@ One rule everywhere, from the shapes of `scores` and `targets`:
 * binary      scores (N,) float,   targets (N,) in {0, 1}      -> treated as one label (C = 1)
 * multi-class scores (N, C),       targets (N,) in [0, C)      -> one-vs-rest per class
 * multi-label scores (N, C),       targets (N, C) in {0, 1}    -> each label on its own
+* decisions   preds (N,) bool, or integer 0/1 with targets 0/1 -> binary decisions (C = 1)
 * labels      preds (N,) integer,  targets (N,) integer        -> multi-class decisions
 
-so a binary problem is exactly a multi-label problem with one label, which fixes what
+(integer 0/1 decisions are class labels instead when `num_classes` is given), so the same hard
+decisions give the same answer as floats, ints or bools, and a binary problem is exactly a multi-label problem with one label, which fixes what
 "per class" and "macro" mean for it (the positive class only, as scikit-learn's
 ``average="binary"``).
 """
@@ -113,8 +115,9 @@ def prepare_decisions(
     if task == "multilabel":
         pred = check_binary(s, "scores") if is_integer(s) else s >= threshold
         return Decisions(task, pred, check_binary(t, "targets"), s.shape[1])
-    if task == "binary" and not is_integer(s):
-        return Decisions(task, (s >= threshold)[:, None], check_binary(t, "targets")[:, None], 1)
+    if task == "binary" and (not is_integer(s) or _binary_decisions(s, t, num_classes)):
+        pred = s != 0 if is_integer(s) else s >= threshold
+        return Decisions(task, pred[:, None], check_binary(t, "targets")[:, None], 1)
     if s.ndim == 2:  # multi-class scores -> argmax
         c = s.shape[1]
         if num_classes is not None and num_classes != c:
@@ -128,6 +131,14 @@ def prepare_decisions(
             c = num_classes
         pred = check_labels(s, "scores", c)
     return Decisions("multiclass", pred.long(), check_labels(t, "targets", c), c)
+
+
+def _binary_decisions(s: torch.Tensor, t: torch.Tensor, num_classes: int | None) -> bool:
+    """1-D integer predictions are binary decisions when bool, or 0/1 with 0/1 targets and no
+    `num_classes` (as scikit-learn's average="binary" on labels {0, 1})."""
+    if s.dtype == torch.bool:
+        return True
+    return num_classes is None and bool(((s == 0) | (s == 1)).all()) and bool(((t == 0) | (t == 1)).all())
 
 
 def counts(d: Decisions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -120,7 +120,9 @@ def f1_score(
 
     NaN when TP + FP + FN = 0 (the class is neither predicted nor present), excluded from the
     macro mean (scikit-learn's zero_division=nan). Multi-class decisions are argmax; binary and
-    multi-label decisions are score >= threshold; binary gives the positive-class F1 only.
+    multi-label decisions are score >= threshold; binary gives the positive-class F1 only, for
+    float scores, bool decisions and integer 0/1 decisions alike (scikit-learn's
+    average="binary"); integer 0/1 decisions with `num_classes` are class labels (macro over them).
     """
     d = prepare_decisions(scores, targets, threshold, num_classes)
     tp, fp, fn, _ = counts(d)

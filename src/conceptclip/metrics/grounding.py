@@ -125,6 +125,7 @@ def pointing_game(
         accuracy = #hits / (#hits + #misses)
 
     The map is first resized to the mask; the argmax takes the first maximum in raster order.
+    A constant map (e.g. all zeros) points nowhere and counts as a miss, whatever the mask.
     The original protocol uses a 15-pixel tolerance. Samples whose mask is empty are undefined
     (NaN with reduction="none") and skipped by the mean.
     """
@@ -149,6 +150,7 @@ def pointing_game(
         disk = ((off - r)[:, None] ** 2 + (off - r)[None, :] ** 2) <= tolerance**2
         hit = (window & disk).flatten(1).any(dim=1)
     out = hit.double()
+    out[flat_m.amax(dim=1) == flat_m.amin(dim=1)] = 0.0  # a constant map has no maximum to point with
     out[~flat_k.any(dim=1)] = float("nan")
     return _reduce(out.reshape(lead), reduction)
 
