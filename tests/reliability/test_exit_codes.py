@@ -74,8 +74,11 @@ def _run_all(tmp_path: Path, cases: dict[str, list[str]]) -> dict[str, tuple[int
 
 
 def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
+    # SIGINT restored to its default: a shell starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler (the test would hang where CI runs in the background)
     return subprocess.Popen([sys.executable, "-c", ENTRY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env(tmp_path), cwd=tmp_path)
+                            text=True, env=_env(tmp_path), cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _lines(text: str) -> list[str]:
