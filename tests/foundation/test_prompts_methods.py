@@ -83,5 +83,5 @@ def test_method_registry_and_config_errors(tiny_clip):
         create_method("koop", tiny_clip, CLASSES)
     with pytest.raises(ConfigError, match="unknown option"):
         create_method("coop", tiny_clip, CLASSES, {"nctx": 4})
-    with pytest.raises(ConfigError, match="n_ctx='four': expected an integer"):
+    with pytest.raises(ConfigError, match="n_ctx='four': expected a number"):
         create_method("coop", tiny_clip, CLASSES, {"n_ctx": "four"})

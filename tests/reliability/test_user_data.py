@@ -72,11 +72,11 @@ def test_overwrite_refuses_a_folder_conceptclip_did_not_make(train, image_folder
 
 def test_overwrite_validates_first_then_replaces_a_finished_run(train, finished, capsys):
     before = _snap(finished)
-    for bad, needle in ((["--train", "epochs=abc"], "epochs='abc': expected an integer"),
-                        (["--train", "lr=fast"], "lr='fast': expected a finite number"),
-                        (["--train", "epochs=1.5"], "epochs=1.5: expected an integer"),
-                        (["--train", "epochs=null"], "epochs=null: expected an integer"),
-                        (["--set", "n_ctx=1.5"], "n_ctx=1.5: expected an integer"),
+    for bad, needle in ((["--train", "epochs=abc"], "epochs='abc': expected a number (an integer)"),
+                        (["--train", "lr=fast"], "lr='fast': expected a number (finite)"),
+                        (["--train", "epochs=1.5"], "epochs=1.5: expected a number (an integer)"),
+                        (["--train", "epochs=null"], "epochs=null: expected a number (an integer)"),
+                        (["--set", "n_ctx=1.5"], "n_ctx=1.5: expected a number (an integer)"),
                         (["--set", "nctx=2"], "unknown option(s) ['nctx']"),
                         (["--train", "optimizer=adam"], "optimizer='adam'")):
         assert needle in _error(capsys, *train, *bad, "-o", finished, "--overwrite")

@@ -29,7 +29,7 @@ class MethodConfig:
     """Base of every method config."""
 
 
-_KIND = {bool: "true/false", int: "an integer", float: "a finite number", str: "text", list: "a JSON list",
+_KIND = {bool: "true/false", int: "a number (an integer)", float: "a number (finite)", str: "text", list: "a JSON list",
          tuple: "a JSON list", dict: "a JSON object"}
 
 
