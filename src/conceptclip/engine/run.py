@@ -92,7 +92,6 @@ def claim_run_dir(out: str | Path, mode: str, kind: str = "run",
     if mode == "replace":
         aside = full.with_name(f".{full.name}.replaced-{os.getpid()}")
         os.replace(full, aside)
-        empty_before = False
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
