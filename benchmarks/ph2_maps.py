@@ -1,17 +1,23 @@
-"""PH2 grounding and faithfulness of CoOp's explanation maps on the `lite` backbone.
+"""PH2 localisation, faithfulness and sanity of explanation maps, per method and per `lite` alignment.
 
-1. Stratified hold-out pools of PH2 (50 / 20 / 30 %), the `lite` heads aligned on the train
-   pool's image–caption pairs, CoOp trained on a K-shot split (the demo's protocol);
-2. on every test image: Grad-CAM of the predicted and of the true class logit, image–prompt
-   similarity maps of the predicted and true class prompt, a centre-Gaussian baseline map and
-   random baseline maps (7 x 7, the tower's grid, upsampled like the others; grounding over
-   several seeds, faithfulness on the first);
-3. pointing game, Dice / IoU / precision / recall (maps min-max normalised, threshold 0.5)
-   against the expert lesion masks, cropped with the preprocessing geometry;
-4. insertion AUC (blurred canvas) and deletion AUC (zero canvas, i.e. the ImageNet mean colour
-   after normalisation) of the predicted class probability.
+For each alignment of the `lite` heads (`--patch-weight`: 0 = the global contrastive alignment,
+> 0 = with the localisation-aware patch term, `backbones.align`), aligned once on the train pool's
+image-caption pairs (no masks), and each method (`--methods`) and seed (K-shot split of the
+hold-out pools):
 
-    python benchmarks/ph2_maps.py --out runs/ph2_maps [--shots 16] [--seed 1] [--steps 20] [--faithful ...]
+1. Grad-CAM of the predicted class logit and the image-prompt similarity map of the predicted class
+   (where the method has class text features), next to two baselines: random maps (i.i.d. uniform
+   on the tower's grid, upsampled like the others) and the centre prior (a centre Gaussian);
+2. pointing game and Dice / IoU (maps min-max normalised, threshold 0.5) against the expert lesion
+   masks, on the validation pool (what a choice between alignments may read) and on the test pool
+   (reported; read once);
+3. insertion AUC (blurred canvas) and deletion AUC (zero canvas) of the predicted class probability
+   on the test pool, for the seeds in `--faithful-seeds`;
+4. sanity checks (Adebayo et al. 2018) on the test images: learned-parameter randomisation and data
+   randomisation (the method retrained on permuted train/val labels), Spearman and SSIM.
+
+    python benchmarks/ph2_maps.py --out runs/ph2_maps --methods coop xcoop deal --seeds 1 2 3 \
+        --patch-weight 0 1 [--shots 16] [--steps 20] [--threads 1]
 """
 
 from __future__ import annotations
@@ -28,96 +34,67 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from conceptclip.explain import load_masks
+MAPS = ("gradcam", "similarity", "random", "centre")
+SCORES = ("pointing", "dice", "iou")
 
 
-
-
-def prepare(out: Path, shots: int, seed: int, epochs: int, align_epochs: int):
+def aligned_backbone(out: Path, dataset, pools, patch_weight: float, align_epochs: int, cache):
     from conceptclip.backbones.align import AlignConfig, align
     from conceptclip.backbones.lite import LiteBackbone
-    from conceptclip.data import FeatureCache, fewshot_split, holdout_split, load_dataset
-    from conceptclip.engine import run_experiment
-    from conceptclip.engine.load import load_run
 
-    dataset = load_dataset("ph2")
-    pools = holdout_split(dataset)
-    split = fewshot_split(dataset, pools, shots, seed)
     heads = out / "lite_heads.safetensors"
-    cache = FeatureCache()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         backbone = LiteBackbone(heads=heads if heads.exists() else None).freeze()
     if not heads.exists():
-        s = align(backbone, dataset, pools.parts["train"], heads, AlignConfig(epochs=align_epochs), cache=cache)
-        print(f"aligned lite heads: loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}", flush=True)
-    run = out / f"coop_{shots}shot_seed{seed}"
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        s = align(backbone, dataset, pools.parts["train"], heads,
+                  AlignConfig(epochs=align_epochs, patch_weight=patch_weight), cache=cache)
+        s["seconds"] = round(time.perf_counter() - t0, 1)
+        (out / "align_time.json").write_text(json.dumps(s))
+        print(f"  aligned (patch_weight {patch_weight}) in {s['seconds']} s: loss {s['first_loss']:.3f} -> "
+              f"{s['final_loss']:.3f}", flush=True)
+    return backbone
+
+
+def train(run: Path, method: str, dataset, split, backbone, cache, epochs: int | None):
+    from conceptclip.engine import run_experiment
+    from conceptclip.engine.load import load_run
+
+    tc = {"seed": split.params.get("seed", 1), "progress": False}
+    if epochs:
+        tc["epochs"] = epochs
     if not (run / "metrics.json").exists():
-        run_experiment("coop", dataset, split, backbone, run, cache=cache, resume=run.exists(),
-                       train_config={"seed": seed, "epochs": epochs, "progress": False})
-    method, _ = load_run(run)
-    metrics = json.loads((run / "metrics.json").read_text())["test"]
-    return dataset, split, method, metrics
+        run_experiment(method, dataset, split, backbone, run, cache=cache, resume=run.exists(), train_config=tc)
+    m, _ = load_run(run)
+    return m, json.loads((run / "metrics.json").read_text())["test"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/ph2_maps"))
-    ap.add_argument("--shots", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=50)
-    ap.add_argument("--align-epochs", type=int, default=300)
-    ap.add_argument("--steps", type=int, default=20, help="insertion/deletion steps")
-    ap.add_argument("--sigma", type=float, default=0.25, help="centre Gaussian std, fraction of the side")
-    ap.add_argument("--random-seeds", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=20)
-    ap.add_argument("--faithful", default="gradcam_pred,similarity_pred,random_0",
-                    help="maps scored by insertion/deletion (comma-separated; also center_gaussian, gradcam_true, ...)")
-    args = ap.parse_args()
-    t_start = time.perf_counter()
-
+def score_part(method, dataset, ids, args, faithful: bool, rng_seed: int) -> dict[str, dict[str, list[float]]]:
+    """Per map type, per score: the per-image values on the samples `ids`."""
     from conceptclip.data import load_image
-    from conceptclip.explain import (
-        ClassTarget,
-        center_gaussian_maps,
-        explain_method,
-        method_similarity_maps,
-        random_maps,
-    )
-    from conceptclip.io import write_json
+    from conceptclip.explain import center_gaussian_maps, load_masks, random_maps
+    from conceptclip.explain.command import available_explainers
+    from conceptclip.explain.sanity import class_maps
     from conceptclip.metrics import deletion_auc, insertion_auc, map_grounding_scores, pointing_game
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    dataset, split, method, test_metrics = prepare(args.out, args.shots, args.seed, args.epochs, args.align_epochs)
     bb = method.backbone
-    samples = [dataset.by_id(i) for i in split.parts["test"]]
-    print(f"CoOp {args.shots}-shot seed {args.seed}: test accuracy {test_metrics['accuracy']:.3f}, "
-          f"macro AUC {test_metrics['auc_macro']:.3f} on {len(samples)} test images", flush=True)
-
-    names = ["gradcam_pred", "gradcam_true", "similarity_pred", "similarity_true", "center_gaussian"] + \
-        [f"random_{s}" for s in range(args.random_seeds)]
-    faithful = args.faithful.split(",")  # each costs 2 (steps + 1) forwards of every test image
-    per_map: dict[str, dict[str, list[torch.Tensor]]] = {n: {} for n in names}
-    correct = []
-    for start in range(0, len(samples), args.batch):
-        chunk = samples[start:start + args.batch]
+    usable = available_explainers(method)
+    out: dict[str, dict[str, list[float]]] = {}
+    for start in range(0, len(ids), args.batch):
+        chunk = dataset.subset(ids[start:start + args.batch])
         pixels = bb.preprocess([load_image(s.path) for s in chunk])
         masks = load_masks([s.mask for s in chunk], bb.image_size)
-        labels = torch.tensor([s.label for s in chunk])
         n = len(chunk)
         with torch.no_grad():
-            probs = method.probabilities(method.logits({"features": bb.encode_image(pixels).global_}))
-        pred = probs.argmax(1)
-        correct.append(pred == labels)
-        cams = explain_method(method, pixels, [ClassTarget(pred), ClassTarget(labels)]).maps
-        sims = method_similarity_maps(method, pixels)
-        rows = torch.arange(n)
-        maps = {"gradcam_pred": cams[:, 0], "gradcam_true": cams[:, 1], "similarity_pred": sims[rows, pred],
-                "similarity_true": sims[rows, labels],
-                "center_gaussian": center_gaussian_maps(n, bb.image_size, args.sigma)}
-        h, w = cams.shape[-2:]
-        for s in range(args.random_seeds):
-            maps[f"random_{s}"] = random_maps(n, (h, w), seed=1000 * s + start)
+            pred = method.logits({"features": bb.encode_image(pixels).global_}).argmax(1)
+        maps = {"gradcam": class_maps(method, pixels, "gradcam", pred)}
+        if "similarity" in usable:
+            maps["similarity"] = class_maps(method, pixels, "similarity", pred)
+        grid = maps["gradcam"].shape[-2:]
+        maps["random"] = random_maps(n, grid, seed=rng_seed * 100003 + start)
+        maps["centre"] = center_gaussian_maps(n, bb.image_size, args.sigma)
 
         def target_prob(x: torch.Tensor, pred=pred) -> torch.Tensor:
             with torch.no_grad():
@@ -125,33 +102,135 @@ def main() -> None:
             return method.probabilities(logits)[torch.arange(x.shape[0]), pred]
 
         for name, m in maps.items():
-            rec = per_map[name]
-            rec.setdefault("pointing", []).append(pointing_game(m, masks, reduction="none"))
+            rec = out.setdefault(name, {})
+            rec.setdefault("pointing", []).extend(pointing_game(m, masks, reduction="none").tolist())
             for k, v in map_grounding_scores(m, masks, reduction="none").items():
-                rec.setdefault(k, []).append(v)
-            if name in faithful:
-                rec.setdefault("insertion_auc", []).append(insertion_auc(target_prob, pixels, m, n_steps=args.steps).auc)
-                rec.setdefault("deletion_auc", []).append(deletion_auc(target_prob, pixels, m, n_steps=args.steps).auc)
-        print(f"  {start + n}/{len(samples)} images ({time.perf_counter() - t_start:.0f} s)", flush=True)
+                if k in SCORES:
+                    rec.setdefault(k, []).extend(v.tolist())
+            if faithful:
+                rec.setdefault("insertion", []).extend(
+                    insertion_auc(target_prob, pixels, m, n_steps=args.steps).auc.tolist())
+                rec.setdefault("deletion", []).extend(
+                    deletion_auc(target_prob, pixels, m, n_steps=args.steps).auc.tolist())
+    return out
 
-    def mean(xs: list[torch.Tensor]) -> float:
-        return float(torch.nanmean(torch.cat(xs).double()))
 
-    table = {name: {k: mean(v) for k, v in rec.items()} for name, rec in per_map.items()}
-    rand = [table[f"random_{s}"] for s in range(args.random_seeds)]
-    table["random_mean"] = {k: float(np.nanmean([r.get(k, np.nan) for r in rand])) for k in rand[0]}
-    summary = {"shots": args.shots, "seed": args.seed, "n_test": len(samples),
-               "test_accuracy": test_metrics["accuracy"], "test_auc_macro": test_metrics["auc_macro"],
-               "explained_accuracy": float(torch.cat(correct).float().mean()), "insertion_steps": args.steps,
-               "gaussian_sigma": args.sigma, "threshold": 0.5, "maps": table,
-               "seconds": round(time.perf_counter() - t_start, 1)}
-    write_json(args.out / "ph2_maps.json", summary)
-    cols = ["pointing", "dice", "iou", "precision", "recall", "insertion_auc", "deletion_auc"]
-    print("| map | " + " | ".join(cols) + " |")
-    print("|---|" + "---|" * len(cols))
-    for name in ["gradcam_pred", "gradcam_true", "similarity_pred", "similarity_true", "center_gaussian", "random_mean"]:
-        print(f"| {name} | " + " | ".join(f"{table[name][c]:.3f}" if c in table[name] else "-" for c in cols) + " |")
-    print(json.dumps(summary))
+def sanity(method, twin_data, dataset, ids, args) -> dict[str, dict[str, float]]:
+    from conceptclip.data import load_image
+    from conceptclip.explain.command import available_explainers
+    from conceptclip.explain.sanity import randomize_learned, sanity_check
+
+    bb = method.backbone
+    twins = {"parameter_randomisation": randomize_learned(method, seed=0), "data_randomisation": twin_data}
+    res: dict[str, dict[str, float]] = {}
+    explainers = [e for e in ("gradcam", "similarity") if e in available_explainers(method)]
+    for test, twin in twins.items():
+        for e in explainers:
+            rho, ssim = [], []
+            for start in range(0, len(ids), args.batch):
+                chunk = dataset.subset(ids[start:start + args.batch])
+                pixels = bb.preprocess([load_image(s.path) for s in chunk])
+                _, per = sanity_check(method, twin, pixels, e, test)
+                rho += per["spearman"].tolist()
+                ssim += per["ssim"].tolist()
+            res[f"{test}/{e}"] = {"spearman": float(np.nanmean(rho)), "ssim": float(np.nanmean(ssim))}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/ph2_maps"))
+    ap.add_argument("--methods", nargs="+", default=["coop"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1])
+    ap.add_argument("--patch-weight", nargs="+", type=float, default=[0.0, 1.0])
+    ap.add_argument("--shots", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=None, help="override every method's epochs (default: its paper's)")
+    ap.add_argument("--align-epochs", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=20, help="insertion/deletion steps")
+    ap.add_argument("--faithful-seeds", nargs="*", type=int, default=[1], help="seeds scored by insertion/deletion")
+    ap.add_argument("--sigma", type=float, default=0.25, help="centre Gaussian std, fraction of the side")
+    ap.add_argument("--batch", type=int, default=20)
+    ap.add_argument("--no-sanity", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+
+    from conceptclip.data import FeatureCache, fewshot_split, holdout_split, load_dataset
+    from conceptclip.engine.load import load_run
+    from conceptclip.engine.sanity import TWIN_DIR, label_shuffled
+    from conceptclip.io import write_json
+
+    dataset = load_dataset("ph2")
+    pools = holdout_split(dataset)
+    cache = FeatureCache()
+    results: list[dict] = []
+    for pw in args.patch_weight:
+        adir = args.out / f"align_pw{pw:g}"
+        backbone = aligned_backbone(adir, dataset, pools, pw, args.align_epochs, cache)
+        align_s = json.loads((adir / "align_time.json").read_text())["seconds"] if (adir / "align_time.json").exists() else None
+        for method_name in args.methods:
+            for seed in args.seeds:
+                split = fewshot_split(dataset, pools, args.shots, seed)
+                run = adir / f"{method_name}_{args.shots}shot_seed{seed}"
+                method, test_metrics = train(run, method_name, dataset, split, backbone, cache, args.epochs)
+                row = {"patch_weight": pw, "align_seconds": align_s, "method": method_name, "seed": seed,
+                       "test_accuracy": test_metrics["accuracy"], "test_auc_macro": test_metrics.get("auc_macro")}
+                row["val"] = score_part(method, dataset, list(pools.parts["val"]), args, False, seed)
+                row["test"] = score_part(method, dataset, list(split.parts["test"]), args,
+                                         seed in args.faithful_seeds, seed)
+                if not args.no_sanity:
+                    twin_run = run / TWIN_DIR
+                    shuffled = label_shuffled(dataset, list(split.parts["train"]) + list(split.parts.get("val", [])), 0)
+                    twin, _ = train(twin_run, method_name, shuffled, split, backbone, cache, args.epochs)
+                    row["sanity"] = sanity(method, twin, dataset, list(split.parts["test"]), args)
+                results.append(row)
+                print(f"  pw {pw:g} {method_name} seed {seed}: acc {row['test_accuracy']:.3f}, test pointing "
+                      f"gradcam {np.mean(row['test']['gradcam']['pointing']):.3f} / random "
+                      f"{np.mean(row['test']['random']['pointing']):.3f} "
+                      f"({time.perf_counter() - t_start:.0f} s)", flush=True)
+                write_json(args.out / "ph2_maps.json", {"args": {k: str(v) for k, v in vars(args).items()},
+                                                        "runs": results})
+    print_tables(results)
+    print(f"total {time.perf_counter() - t_start:.0f} s")
+
+
+def _agg(rows: list[dict], part: str, mapname: str, score: str) -> str:
+    vals = [float(np.nanmean(r[part][mapname][score])) for r in rows
+            if mapname in r[part] and score in r[part][mapname]]
+    if not vals:
+        return "-"
+    return f"{np.mean(vals):.3f}" + (f" ± {np.std(vals):.3f}" if len(vals) > 1 else "")
+
+
+def print_tables(results: list[dict]) -> None:
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["method"], r["patch_weight"]), []).append(r)
+    print("\n| method | alignment | map | val pointing | val Dice | test pointing | test Dice | test IoU | "
+          "insertion | deletion |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (m, pw), rows in groups.items():
+        for mp in MAPS:
+            if mp not in rows[0]["test"]:
+                continue
+            print(f"| {m} | {'patch ' + format(pw, 'g') if pw else 'global'} | {mp} | "
+                  + " | ".join([_agg(rows, "val", mp, "pointing"), _agg(rows, "val", mp, "dice"),
+                                _agg(rows, "test", mp, "pointing"), _agg(rows, "test", mp, "dice"),
+                                _agg(rows, "test", mp, "iou"), _agg(rows, "test", mp, "insertion"),
+                                _agg(rows, "test", mp, "deletion")]) + " |")
+    print("\n| method | alignment | test accuracy | " + " | ".join(
+        f"{t} {e} (rho / SSIM)" for t in ("param", "data") for e in ("gradcam", "similarity")) + " |")
+    print("|---|---|---|---|---|---|---|")
+    for (m, pw), rows in groups.items():
+        cells = []
+        for t in ("parameter_randomisation", "data_randomisation"):
+            for e in ("gradcam", "similarity"):
+                vals = [r["sanity"][f"{t}/{e}"] for r in rows if "sanity" in r and f"{t}/{e}" in r["sanity"]]
+                cells.append("-" if not vals else f"{np.mean([v['spearman'] for v in vals]):.2f} / "
+                             f"{np.mean([v['ssim'] for v in vals]):.2f}")
+        acc = np.mean([r["test_accuracy"] for r in rows])
+        print(f"| {m} | {'patch ' + format(pw, 'g') if pw else 'global'} | {acc:.3f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,11 @@ class BackboneError(ConceptClipError, ValueError):
     """An unknown or unloadable backbone (names the value and how to get it)."""
 
 
+class MissingTowerError(BackboneError):
+    """A backbone that serves stored embeddings was asked for what only a tower gives (pixels, patch
+    tokens, new or learned prompts)."""
+
+
 class CheckpointError(ConceptClipError, ValueError):
     """A missing, corrupt or unsafe checkpoint (names the file)."""
 

@@ -46,8 +46,9 @@ def test_explain_images_writes_overlays_maps_and_scores(run_dir, images, tmp_pat
     from conceptclip.io import load_tensors
 
     out = tmp_path / "explained"
-    doc = explain_images(run_dir, images, out)
+    doc = explain_images(run_dir, images, out, sanity=False)
     assert doc["explainers"] == ["gradcam", "similarity", "chefer"]
+    assert doc["sanity"] == {}
     assert doc["classnames"] == ["cat", "dog", "fish"]
     method, _ = load_run(run_dir)
     pixels = method.backbone.preprocess([Image.open(p).convert("RGB") for p in images])
@@ -71,6 +72,22 @@ def test_explain_images_writes_overlays_maps_and_scores(run_dir, images, tmp_pat
     assert doc["images"][1]["key"] == "001_3"
 
 
+def test_explain_runs_the_sanity_checks_and_flags_failed_maps(run_dir, images, tmp_path):
+    """Learned-parameter randomisation on every map type; a failed check puts a red banner above
+    the overlays (a taller PNG) and its verdict into scores.json."""
+    from conceptclip.explain.command import explain_images
+
+    doc = explain_images(run_dir, images, tmp_path / "checked", explainers=["gradcam", "similarity"])
+    assert set(doc["sanity"]) == {"gradcam", "similarity"}
+    for name, checks in doc["sanity"].items():
+        (check,) = checks  # no label-shuffled twin in this run: only the parameter test
+        assert check["test"] == "parameter_randomisation" and check["images"] == len(images)
+        assert -1.0 <= check["spearman"] <= 1.0 and check["message"]
+        png = Image.open(tmp_path / "checked" / doc["images"][0]["overlays"][name])
+        plain = 32 + 14 + 8
+        assert (png.size[1] > plain) == (check["applicable"] and not check["passed"])
+
+
 def test_predicted_class_and_concept_scores(run_dir, images, tmp_path):
     from conceptclip.engine.load import load_run
     from conceptclip.explain import concept_scores
@@ -78,7 +95,7 @@ def test_predicted_class_and_concept_scores(run_dir, images, tmp_path):
     from conceptclip.prompts import encode_prompts
 
     concepts = ["a photo of a dark cat.", "a photo of white fish."]
-    doc = explain_images(run_dir, images[:2], tmp_path / "o", explainers=["gradcam"], targets="predicted",
+    doc = explain_images(run_dir, images[:2], tmp_path / "o", explainers=["gradcam"], targets="predicted", sanity=False,
                          concepts=concepts, reference="a photo.")
     assert doc["concept_score"] == "monet"
     method, _ = load_run(run_dir)
@@ -222,3 +239,32 @@ def test_overlay_blends_a_colormap_over_the_image():
         overlay(image, ramp, alpha=2.0)
     with pytest.raises(ConfigError, match="NaN"):
         colorize(torch.tensor([[float("nan"), 0.0]]))
+
+
+def test_label_shuffled_twin_adds_the_data_randomisation_check(run_dir, images, tmp_path):
+    """`conceptclip sanity RUN`'s engine: the twin is trained on the run's split with permuted
+    train/val labels (class counts kept, test labels untouched); explain then runs both tests."""
+    import shutil
+
+    from conceptclip.data import Split, from_folder
+    from conceptclip.engine.sanity import TWIN_DIR, label_shuffled, train_label_shuffled_twin
+    from conceptclip.explain.command import explain_images
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    ds = from_folder(run_dir.parent / "data")
+    split = Split.load(run / "split.json", ds)
+    fitted = list(split.parts["train"]) + list(split.parts["val"])
+    shuffled = label_shuffled(ds, fitted, seed=0)
+    before = [ds.by_id(i).label for i in fitted]
+    after = [shuffled.by_id(i).label for i in fitted]
+    assert sorted(before) == sorted(after) and before != after
+    assert all(shuffled.by_id(i).label == ds.by_id(i).label for i in split.parts["test"])
+
+    twin = train_label_shuffled_twin(run, ds)
+    assert twin == run / TWIN_DIR and (twin / "metrics.json").is_file()
+    doc = explain_images(run, images[:2], tmp_path / "o", explainers=["similarity"])
+    tests = [c["test"] for c in doc["sanity"]["similarity"]]
+    assert tests == ["parameter_randomisation", "data_randomisation"]
+    with pytest.raises(ConfigError, match="fingerprint"):
+        train_label_shuffled_twin(run, label_shuffled(ds, fitted, seed=1))

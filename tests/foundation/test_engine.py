@@ -37,7 +37,7 @@ def _part(n: int, dim: int, seed: int) -> Part:
 def test_fit_learns_and_selects_on_validation(tiny_clip):
     coop = create_method("coop", tiny_clip, CLASSES, {"n_ctx": 4})
     train, val = _part(30, tiny_clip.embed_dim, 0), _part(12, tiny_clip.embed_dim, 1)
-    cfg = TrainConfig(epochs=15, lr=0.05, batch_size=8, progress=False)
+    cfg = TrainConfig(epochs=15, lr=0.05, batch_size=8, progress=False, select="val")
     result = fit(coop, train, val, cfg)
     losses = [r["loss"] for r in result.history]
     assert len(losses) == 15 and losses[-1] < losses[0]
@@ -50,6 +50,32 @@ def test_fit_learns_and_selects_on_validation(tiny_clip):
     probs = predict(coop, val)
     nll = -probs.gather(1, val.labels[:, None]).log().mean()
     assert abs(float(nll) - best["val_loss"]) < 1e-5
+    assert result.selection["select"] == "val" and result.selection["epoch"] == best["epoch"]
+    assert f"epoch {best['epoch']} had the best validation accuracy" in result.selection["reason"]
+
+
+def test_fit_tests_the_final_epoch_by_default(tiny_clip):
+    """The few-shot papers' protocol (CoOp and successors): the final epoch's weights are kept
+    (validation is only logged), and the result says which epoch and why."""
+    torch.manual_seed(0)
+    coop = create_method("coop", tiny_clip, CLASSES, {"n_ctx": 4})
+    train, v = _part(30, tiny_clip.embed_dim, 0), _part(12, tiny_clip.embed_dim, 1)
+    shifted = (v.labels + 1) % 3
+    val = Part(v.ids, shifted, tensors={**v.tensors, "labels": shifted})
+    snapshots: list[dict] = []
+    cfg = TrainConfig(epochs=6, lr=0.5, batch_size=8, warmup_epochs=0, progress=False)
+    assert cfg.select == "last"
+    result = fit(coop, train, val, cfg, on_epoch=lambda r: snapshots.append(
+        {k: v.detach().clone() for k, v in coop.learned_state().items()}))
+    scores = [r["val_accuracy"] for r in result.history]
+    assert len(scores) == 6  # validation is still logged every epoch
+    assert result.best_epoch == 5 and result.selection["epoch"] == 5
+    assert "select=last: the final epoch of 6 (0-based 5)" in result.selection["reason"]
+    for k, v in coop.learned_state().items():
+        assert torch.equal(v, snapshots[-1][k])
+    assert not all(torch.equal(v, snapshots[0][k]) for k, v in coop.learned_state().items())
+    with pytest.raises(ConfigError, match="select='best'"):
+        TrainConfig.from_dict({"select": "best"})
 
 
 SCRIPT = textwrap.dedent("""
@@ -133,8 +159,12 @@ def test_run_experiment_results_folder_and_reload(image_folder, tiny_clip, tmp_p
 
     part = build_part(ds, split.parts["test"], method.inputs, method.backbone, FeatureCache())
     probs = predict(method, part)
-    rows = [line.split(",") for line in (out / "predictions.csv").read_text().splitlines()[1:]]
+    header, *lines = (out / "predictions.csv").read_text().splitlines()
+    rows = [line.split(",") for line in lines]
     assert torch.allclose(probs, torch.tensor([[float(v) for v in r[3:]] for r in rows]), atol=1e-5)
+    # the label is the class name, spelt as its probability column
+    assert header == "part,id,label,p_cat,p_dog,p_fish"
+    assert [r[2] for r in rows] == [CLASSES[int(part.labels[i])] for i in range(len(rows))]
     shared: dict = {}  # runs on the same backbone weights share one loaded backbone
     first, second = load_run(out, backbones=shared)[0], load_run(out, backbones=shared)[0]
     assert first.backbone is second.backbone and len(shared) == 1 and first.backbone is not method.backbone

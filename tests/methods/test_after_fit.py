@@ -50,7 +50,7 @@ def test_called_once_after_the_best_state_is_loaded(tiny_clip):
     method = _Recorder(tiny_clip, ["a", "b", "c"])
     train, val = _part(30, tiny_clip.embed_dim, 0), _part(12, tiny_clip.embed_dim, 1, shift=1)
     snapshots: list[torch.Tensor] = []
-    cfg = TrainConfig(epochs=4, lr=0.5, batch_size=10, warmup_epochs=0, progress=False)
+    cfg = TrainConfig(epochs=4, lr=0.5, batch_size=10, warmup_epochs=0, progress=False, select="val")
     result = fit(method, train, val, cfg, on_epoch=lambda r: snapshots.append(method.head.weight.detach().clone()))
     assert len(method.calls) == 1
     assert result.best_epoch == 0 and len(snapshots) == 4

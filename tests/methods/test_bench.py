@@ -51,6 +51,7 @@ def test_fewshot_runs_tables_and_resumes(tmp_path, toy_folder, monkeypatch):
     assert len(records) == 8 and {r["shots"] for r in records} == {1, 2}
     train_cfg = json.loads((out / "fewshot" / "coop" / "K2_seed1" / "config.json").read_text())["train"]
     assert train_cfg["epochs"] == 2 and train_cfg["eval_every"] >= 10**9  # tested after the final epoch
+    assert train_cfg["select"] == "last"  # the same rule `conceptclip train` uses by default
     assert json.loads((out / "fewshot" / "coop" / "K2_seed1" / "metrics.json").read_text())["best_epoch"] == 1
     assert (out / "fewshot" / "splits" / "K2_seed2.json").is_file() and (out / "pools.json").is_file()
     paths = write_tables("fewshot", records, out)
@@ -107,3 +108,54 @@ def test_unknown_method_and_bad_options_fail_clearly(tmp_path, toy_folder):
     res = CliRunner().invoke(bench_app, ["fewshot", "--dataset", str(toy_folder), "--set", "coop=3", "--out",
                                          str(tmp_path / "y"), "--backbone", "tiny-clip"])
     assert res.exit_code != 0 and "METHOD.KEY=VALUE" in str(res.exception)
+
+
+def test_seed_mean_bootstrap_interval_resamples_test_images(tmp_path):
+    """Two seeds' predictions on the same test images (listed in different orders): the interval is the
+    percentile bootstrap of the seed-mean accuracy, resampling images with one draw shared by both seeds."""
+    import torch
+
+    from conceptclip.bench.table import add_confidence_intervals, read_run_predictions, seed_mean_ci
+    from conceptclip.engine import classification_metrics
+
+    rng = np.random.default_rng(0)
+    ids = [f"i{k}" for k in range(30)]
+    labels = rng.integers(0, 3, 30)
+    runs = []
+    for s in range(2):
+        probs = rng.dirichlet(np.ones(3), 30)
+        order = rng.permutation(30) if s else np.arange(30)
+        d = tmp_path / f"run{s}"
+        d.mkdir()
+        lines = ["part,id,label,p_a,p_b,p_c"] + [f"test,{ids[i]},{labels[i]}," + ",".join(f"{p:.6f}" for p in probs[i])
+                                                for i in order]
+        (d / "predictions.csv").write_text("\n".join(lines) + "\n")
+        runs.append((probs.round(6), d))
+    # the estimate is the mean over seeds of each run's own metrics
+    read = [read_run_predictions(d) for _, d in runs]
+    ci = seed_mean_ci(read, "accuracy", n_resamples=200)
+    want = np.mean([classification_metrics(torch.tensor(p), torch.tensor(labels), ["a", "b", "c"])["accuracy"]
+                    for p, _ in runs])
+    assert abs(ci.estimate - want) < 1e-12
+    auc = seed_mean_ci(read, "auc_b", n_resamples=50, classnames=["a", "b", "c"])
+    want_auc = np.mean([classification_metrics(torch.tensor(p), torch.tensor(labels), ["a", "b", "c"])["auc_per_class"]["b"]
+                        for p, _ in runs])
+    assert abs(auc.estimate - want_auc) < 1e-9
+    # the interval, recomputed by hand: same seeded draws over the first run's id order
+    gen = torch.Generator().manual_seed(0)
+    means = []
+    for _ in range(200):
+        idx = torch.randint(0, 30, (30,), generator=gen).tolist()
+        accs = []
+        for p, _ in runs:
+            accs.append(sum(1 for i in idx if int(np.argmax(p[i])) == labels[i]) / 30)
+        means.append(sum(accs) / 2)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    assert abs(ci.low - lo) < 1e-12 and abs(ci.high - hi) < 1e-12 and ci.low < ci.estimate < ci.high
+    # a summary row gets the interval and the markdown prints it
+    recs = [{"method": "m", "shots": 1, "seed": s, "run": str(d), "accuracy": 0.5, "balanced_accuracy": 0.5,
+             "f1_macro": 0.5, "auc_macro": 0.5} for s, (_, d) in enumerate(runs)]
+    summary = fewshot_summary(recs)
+    add_confidence_intervals(summary, recs, n_resamples=200)
+    assert abs(summary[0]["accuracy_ci_low"] - lo) < 1e-12
+    assert f"[{100 * lo:.0f}, {100 * hi:.0f}]" in fewshot_markdown(summary)

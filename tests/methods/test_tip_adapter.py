@@ -180,3 +180,45 @@ def test_reloaded_tip_adapter_f_run_scores_with_the_re_searched_values(tmp_path,
     after = chosen["after_fit"]
     assert (after["alpha"], after["beta"]) != (chosen["alpha"], chosen["beta"])
     assert (float(method.alpha), float(method.beta)) == pytest.approx((after["alpha"], after["beta"]))
+
+
+def test_search_counts_ties_and_breaks_them_by_loss_then_grid_order():
+    """Validation with one image per class: most of the grid ties on accuracy; the counts and the
+    choice follow the documented rule (accuracy, then lower CE, then the earlier grid point)."""
+    gen = torch.Generator().manual_seed(1)
+    zs = torch.randn(3, 3, generator=gen)
+    aff = torch.rand(3, 6, generator=gen) * 2 - 1
+    values = F.one_hot(torch.tensor([0, 1, 2, 0, 1, 2]), 3).float()
+    labels = torch.tensor([0, 1, 2])
+    alphas, betas = search_grid(3.0, 20), search_grid(7.0, 50)
+    rows = []
+    for j, b in enumerate(betas.tolist()):
+        for i, a in enumerate(alphas.tolist()):
+            logits = zs.double() + a * torch.exp(-b * (1 - aff.double())) @ values.double()
+            acc = (logits.argmax(1) == labels).double().mean().item()
+            ce = F.cross_entropy(logits, labels).item()
+            rows.append((acc, ce, j, i, a, b))
+    best_acc = max(r[0] for r in rows)
+    tied = [r for r in rows if r[0] == best_acc]
+    want = min(tied, key=lambda r: (r[1], r[2], r[3]))
+    got = search_alpha_beta(zs, aff, values, labels, alphas, betas)
+    assert got["ties_accuracy"] == len(tied) > 1 and got["grid_size"] == 1000
+    assert (got["alpha"], got["beta"]) == (want[4], want[5])
+    assert got["ties_after_loss"] == sum(1 for r in tied if abs(r[1] - want[1]) == 0.0)
+
+
+def test_one_hot_cache_sum_equals_the_dense_product_and_its_gradient():
+    """cache_logits sums each class's affinities when the values are one-hot: the same numbers and key
+    gradients as exp(-beta (1 - f K^T)) @ L written as a dense product."""
+    gen = torch.Generator().manual_seed(3)
+    f = normalize(torch.randn(7, 5, generator=gen))
+    keys = torch.nn.Parameter(normalize(torch.randn(9, 5, generator=gen)))
+    values = F.one_hot(torch.tensor([2, 0, 1, 2, 2, 0, 1, 3, 3]), 4).float()
+    got = cache_logits(f, keys, values, 2.5)
+    (g1,) = torch.autograd.grad(got.square().sum(), keys)
+    dense = torch.exp(-2.5 * (1 - f @ keys.t())) @ values
+    (g2,) = torch.autograd.grad(dense.square().sum(), keys)
+    torch.testing.assert_close(got, dense, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
+    soft = values * 0.5  # not one-hot: the dense product
+    torch.testing.assert_close(cache_logits(f, keys, soft, 2.5), torch.exp(-2.5 * (1 - f @ keys.t())) @ soft)

@@ -120,6 +120,10 @@ def test_grounding_against_boxes(run, files):
         assert set(g[kind]) == {"pointing_game", "dice", "iou", "precision", "recall"}
         assert all(0.0 <= v <= 1.0 for v in g[kind].values())
         assert g[kind]["pointing_game"] * 9 == pytest.approx(round(g[kind]["pointing_game"] * 9))
+    assert set(g["baselines"]) == {"random", "centre"}  # every map score comes with its baselines
+    for name, scores in g["baselines"].items():
+        assert set(scores) == {"pointing_game", "dice", "iou", "precision", "recall"}
+        assert all(0.0 <= v <= 1.0 for v in scores.values())
 
 
 def test_truth_mask_follows_the_preprocessing_geometry(tmp_path):

@@ -16,12 +16,12 @@ from conceptclip.errors import ConfigError
 
 def write_run(path: Path, method: str, seed: int, acc: float, *, shots: int = 4, auc: float = 0.8,
               preds: str | None = None, split_kind: str = "fewshot", extra_metrics: dict | None = None,
-              finished: bool = True, options: dict | None = None) -> Path:
+              finished: bool = True, options: dict | None = None, train: dict | None = None) -> Path:
     """A results folder written by hand (the layout `engine.run` writes)."""
     path.mkdir(parents=True)
     split = json.dumps({"dataset": "toy", "kind": split_kind, "seed": seed}, indent=2) + "\n"
     (path / "split.json").write_text(split)
-    cfg = {"method": {"method": method, "config": options or {"n_ctx": 4}}, "train": {"seed": seed},
+    cfg = {"method": {"method": method, "config": options or {"n_ctx": 4}}, "train": {"seed": seed, **(train or {})},
            "backbone": "tiny-clip", "classnames": ["a", "b"], "template": "a photo of a {}.", "multilabel": False,
            "backbone_weights": "w0", "dataset": "toy", "dataset_fingerprint": "f0",
            "split_sha256": hashlib.sha256(split.encode()).hexdigest(), "split_kind": split_kind,
@@ -80,6 +80,27 @@ def test_runs_differing_in_options_or_shots_form_separate_groups(tmp_path):
     write_run(tmp_path / "a4", "coop", 2, 0.7, options={"n_ctx": 4})
     groups = group_runs(find_runs([tmp_path]))
     assert sorted(len(g.runs) for g in groups) == [1, 1, 2]
+    labels = sorted(g.label for g in groups)
+    assert labels == ["coop · fewshot · K=4 · n_ctx=16", "coop · fewshot · K=4 · n_ctx=4", "coop · fewshot · K=8"]
+
+
+def test_only_replicates_are_pooled_and_groups_are_labelled_by_what_differs(tmp_path):
+    """Runs that differ in any training option (epochs) are not replicates, and two runs of one
+    configuration with the same seed are not either: never pooled, each group labelled apart."""
+    from conceptclip.report.runs import find_runs, group_runs
+
+    write_run(tmp_path / "e20_s1", "xcoop", 1, 0.5, train={"epochs": 20}, options={"bank": "ph2", "modality": "x"})
+    write_run(tmp_path / "e50_s1", "xcoop", 1, 0.7, train={"epochs": 50}, options={"bank": "ph2", "modality": "x"})
+    write_run(tmp_path / "e50_s2", "xcoop", 2, 0.6, train={"epochs": 50}, options={"bank": "ph2", "modality": "x"})
+    write_run(tmp_path / "e50_s2_again", "xcoop", 2, 0.6, train={"epochs": 50, "progress": False},
+              options={"bank": "ph2", "modality": "x"})
+    groups = group_runs(find_runs([tmp_path]))
+    got = sorted((g.label, g.seeds) for g in groups)
+    assert got == [("xcoop · fewshot · K=4 · epochs=20", [1]),
+                   ("xcoop · fewshot · K=4 · epochs=50", [1, 2]),
+                   ("xcoop · fewshot · K=4 · epochs=50, copy 2", [2])]
+    for g in groups:
+        assert len(set(g.seeds)) == len(g.seeds)  # no seed twice in a group
 
 
 def test_find_runs_errors(tmp_path):
@@ -113,6 +134,18 @@ def test_read_predictions_single_multilabel_and_novel(tmp_path):
     ml = read_predictions(m, ["a", "b", "c"], {}, True)["test"]
     np.testing.assert_array_equal(ml.labels, [[1, 0, 1], [0, 0, 0]])
     assert read_predictions(tmp_path / "none.csv", [], {}, False) == {}
+    # labels as class names, spelt as the p_<class> headers (quoted where a name holds a comma)
+    n = tmp_path / "n.csv"
+    n.write_text('part,id,label,p_a,"p_b, c",p_10\ntest,x1,"b, c",0.1,0.8,0.1\ntest,x2,10,0.1,0.1,0.8\n')
+    named = read_predictions(n, ["a", "b, c", "10"], {}, False)["test"]
+    np.testing.assert_array_equal(named.labels, [1, 2])
+    nm = tmp_path / "nm.csv"
+    nm.write_text("part,id,label,p_a,p_b,p_c\ntest,x1,a;c,0.9,0.1,0.8\ntest,x2,,0.1,0.2,0.3\n")
+    np.testing.assert_array_equal(read_predictions(nm, ["a", "b", "c"], {}, True)["test"].labels, [[1, 0, 1], [0, 0, 0]])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("part,id,label,p_a,p_b\ntest,x1,zebra,0.5,0.5\n")
+    with pytest.raises(ConfigError, match="label 'zebra' is not one of the classes"):
+        read_predictions(bad, ["a", "b"], {}, False)
 
 
 def test_select_ids_takes_classes_in_turn():
@@ -160,6 +193,12 @@ def test_metric_rows_and_harmonic_mean(tmp_path):
     h = [2 * .8 * .4 / 1.2, 0.6]
     assert rows[3]["cells"][0] == f"{np.mean(h):.3f} ± {np.std(h, ddof=1):.3f}"
     assert rows[0]["first"] and rows[0]["span"] == 4 and not rows[1]["first"]
+    # the "test" part has predictions in every run: accuracy and macro AUC carry the seed-mean bootstrap
+    # interval over its 3 images (both runs' hand-written predictions: 2 of 3 right, so it lies in [0, 1])
+    acc_cell = rows[0]["cells"][0]
+    assert acc_cell.startswith("0.700 ± 0.141 [") and acc_cell.endswith("]")
+    low, high = (float(v) for v in acc_cell.split("[")[1].rstrip("]").split(","))
+    assert 0.0 <= low <= 2 / 3 <= high <= 1.0
 
 
 def test_report_page_from_hand_written_runs(runs_dir, tmp_path):
@@ -216,7 +255,8 @@ def test_fewshot_curve_from_runs_when_no_bench_table(tmp_path):
     assert fewshot_section([tmp_path], find_runs([tmp_path])) is None  # one K only: no curve
     write_run(tmp_path / "k2", "coop", 1, 0.75, shots=2)
     fs = fewshot_section([tmp_path], find_runs([tmp_path]))
-    assert fs["rows"] == [{"method": "coop", "cells": ["50.0 ± 0.0", "75.0 ± 0.0"]}]
+    # mean ± std over seeds, then the bootstrap interval over the runs' test predictions
+    assert fs["rows"] == [{"method": "coop", "cells": ["50.0 ± 0.0 [0, 100]", "75.0 ± 0.0 [0, 100]"]}]
     assert "no bench fewshot.csv" in fs["source"]
     assert fs["plot"].startswith("data:image/png;base64,")
 

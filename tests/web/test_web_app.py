@@ -78,6 +78,13 @@ def test_explain_returns_the_models_prediction_scores_and_maps(client, web_run):
         assert im.size == (method.backbone.image_size,) * 2
     assert doc["rationale"][0].startswith(f"Predicted {doc['prediction']} with probability")
     assert doc["file"] == "dog 5.png" and doc["seconds"] >= 0
+    # every model map carries its sanity check (learned-parameter randomisation) and the verdict
+    for m in doc["maps"][:3]:
+        (check,) = m["sanity"]
+        assert check["test"] == "parameter_randomisation" and -1 <= check["spearman"] <= 1
+        assert m["failed"] == (check["applicable"] and not check["passed"])
+        assert m["sanity_text"] == check["message"]
+    assert doc["maps"][3]["failed"] is False and "Not a sanity-checked explanation" in doc["maps"][3]["sanity_text"]
 
 
 @pytest.mark.parametrize("name,data,status,message", [

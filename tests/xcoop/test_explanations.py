@@ -42,15 +42,19 @@ def test_concept_class_agreement_hand_computed():
 
 
 def test_token_alignment_stats_at_the_concepts_and_off_them(make_xcoop):
-    at = token_alignment_stats(make_xcoop(ctx_init="concepts"))
-    for stats in at.values():
-        assert stats["matched"] == pytest.approx(0.0, abs=1e-6)
-        assert stats["nearest_token_match"] == 1.0
-        assert stats["unmatched"] > 0
-    method = make_xcoop()
+    for soft in ("paper", "matched"):
+        at = token_alignment_stats(make_xcoop(soft_prompt=soft, ctx_init="concepts"))
+        for stats in at.values():
+            assert stats["matched"] == pytest.approx(0.0, abs=1e-6)
+            assert stats["nearest_token_match"] == 1.0
+            assert stats["unmatched"] > 0
+    method = make_xcoop(soft_prompt="matched", ctx_init="random")
     stats = token_alignment_stats(method)["melanoma"]
     v, e = method.prompt.class_context(0).detach(), method.token_targets[method.prompt.slices[0]]
     assert stats["matched"] == pytest.approx(float((v - e).norm(dim=1).mean()), rel=1e-5)
+    # paper prompt at "a photo of a": 3 of its 4 tokens are the clinical tokens "a photo of" at their positions
+    paper = token_alignment_stats(make_xcoop())["melanoma"]
+    assert paper["nearest_token_match"] == 0.75
 
 
 def test_textual_explanation_ranks_concepts_by_cosine_distance(tiny_clip, tmp_path):
@@ -58,11 +62,11 @@ def test_textual_explanation_ranks_concepts_by_cosine_distance(tiny_clip, tmp_pa
 
     bank = save_bank(simple_bank("toy", {"melanoma": ["blue veil", "dark dots"], "nevus": ["round shape"]},
                                  Provenance(kind="annotation", citation="hand-written test bank")), tmp_path / "b.json")
-    method = create_method("xcoop", tiny_clip, CLASSES, {"bank": str(bank), "modality": "photo"})
+    method = create_method("xcoop", tiny_clip, CLASSES, {"bank": str(bank)})
     tex = explain_textually(method)
     assert tex.concepts == ["blue veil", "dark dots", "round shape"]
     text = F.normalize(method.prompt(), dim=-1).detach()
-    concepts = F.normalize(tiny_clip.encode_texts([f"a photo image with {k}." for k in tex.concepts]), dim=-1)
+    concepts = F.normalize(tiny_clip.encode_texts([f"a photo with {k}." for k in tex.concepts]), dim=-1)
     want = 1 - text.double() @ concepts.double().t()
     torch.testing.assert_close(tex.distance, want, rtol=1e-5, atol=1e-6)
     assert tex.ranking[0].tolist() == torch.argsort(want[0], stable=True).tolist()
@@ -76,9 +80,10 @@ def test_textual_explanation_ranks_concepts_by_cosine_distance(tiny_clip, tmp_pa
 def test_rationale_names_the_concepts_nearest_to_the_predicted_class_prompt(tiny_clip, tmp_path, batch):
     from conceptclip.knowledge.schema import Provenance, save_bank, simple_bank
 
-    bank = save_bank(simple_bank("toy", {"melanoma": ["blue veil", "dark dots"], "nevus": ["round shape"]},
+    bank = save_bank(simple_bank("toy", {"melanoma": ["blue veil", "dark dots"], "nevus": ["round shape", "pale"]},
                                  Provenance(kind="annotation", citation="hand-written test bank")), tmp_path / "b.json")
-    method = create_method("xcoop", tiny_clip, CLASSES, {"bank": str(bank), "modality": "photo"})
+    method = create_method("xcoop", tiny_clip, CLASSES, {"bank": str(bank)})
+    assert all(len(v) == 3 for v in method.explain(batch)["nearest_concepts"].values())  # k = 3 by default
     out = method.explain(batch, k=2)
     tex = explain_textually(method)
     pred = method.logits(batch).argmax(1)
@@ -93,9 +98,9 @@ def test_concept_scores_are_cosines_with_the_concept_prompts(tiny_clip, tmp_path
 
     bank = save_bank(simple_bank("toy", {"melanoma": ["blue veil"], "nevus": ["round shape"]},
                                  Provenance(kind="annotation", citation="hand-written test bank")), tmp_path / "b.json")
-    method = create_method("xcoop", tiny_clip, CLASSES, {"bank": str(bank), "modality": "photo"})
+    method = create_method("xcoop", tiny_clip, CLASSES, {"bank": str(bank)})
     scores = method.concept_scores(batch)
-    concepts = F.normalize(tiny_clip.encode_texts(["a photo image with blue veil.", "a photo image with round shape."]), dim=-1)
+    concepts = F.normalize(tiny_clip.encode_texts(["a photo with blue veil.", "a photo with round shape."]), dim=-1)
     torch.testing.assert_close(scores, F.normalize(batch["features"], dim=-1) @ concepts.t(), rtol=1e-5, atol=1e-6)
 
 
@@ -109,14 +114,17 @@ def test_similarity_maps_of_the_learned_prompts(make_xcoop, tiny_clip):
     text = F.normalize(method.prompt(), dim=-1).detach()
     want = (F.normalize(feats.patches, dim=-1) @ text.t()).transpose(1, 2).reshape(2, 2, *feats.grid)
     torch.testing.assert_close(maps, want, rtol=1e-5, atol=1e-6)
-    # the mean of a class's map is its local-alignment score z^L / s (Eq. 7, mean pooling)
-    from conceptclip.methods.xcoop import local_logits
+    # the mean of a class's map is its local score (1/M) sum_m cos(f_m, g(V_d)) of Eq. 4
+    from conceptclip.methods.xcoop import local_similarity
 
-    torch.testing.assert_close(maps.flatten(2).mean(-1), local_logits(feats.patches, text, 1.0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(maps.flatten(2).mean(-1), local_similarity(feats.patches, text), rtol=1e-5, atol=1e-6)
 
 
 def test_tsne_coordinates_of_learned_and_concept_tokens(make_xcoop):
-    method = make_xcoop()
+    paper = prompt_token_tsne(make_xcoop(), perplexity=2, seed=0)
+    assert paper.coords.shape == (16, 2) and paper.token[:5] == ["a", "photo", "of", "melanoma", "a"]
+    assert paper.position.tolist() == [0, 1, 2, 3] * 4 and paper.class_index.tolist() == ([0] * 4 + [1] * 4) * 2
+    method = make_xcoop(soft_prompt="matched", ctx_init="random")
     ts = prompt_token_tsne(method, perplexity=5, seed=0)
     n = sum(method.prompt.lengths)
     assert ts.coords.shape == (2 * n, 2) and torch.isfinite(ts.coords).all()

@@ -1,5 +1,6 @@
 """Backbone registry: `create_backbone("lite")`, `create_backbone("hf:openai/clip-vit-base-patch16")`,
-`create_backbone("open_clip:hf-hub:microsoft/BiomedCLIP-...")`, `create_backbone("tiny-clip")`.
+`create_backbone("open_clip:hf-hub:microsoft/BiomedCLIP-...")`, `create_backbone("tiny-clip")`,
+`create_backbone("embeddings:DIR")` (stored embeddings, no towers).
 
 A spec is `KIND` or `KIND:ARG`; each kind maps to a factory registered here. Backends import
 their heavy dependencies lazily, inside the factory.
@@ -55,7 +56,7 @@ def _load_builtin() -> None:
     if _LOADED:
         return
     _LOADED = True
-    from conceptclip.backbones import hf_clip, lite, open_clip_backend  # noqa: F401  (registers)
+    from conceptclip.backbones import embeddings, hf_clip, lite, open_clip_backend  # noqa: F401  (registers)
 
 
 __all__ = ["Backbone", "ImageFeatures", "TokenBatch", "create_backbone", "register_backbone", "available_backbones"]

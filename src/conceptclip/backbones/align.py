@@ -5,6 +5,13 @@ change for small clinical datasets: captions built from annotations repeat, so i
 caption are all positives (soft targets spread evenly over them) instead of false negatives.
 Tower outputs are cached, so only two linear heads and the temperature train: seconds on a CPU.
 Images without a caption use the dataset's class prompt ("a photo of a {class}.").
+
+Localisation-aware term (`patch_weight` > 0, ours): the same symmetric InfoNCE on a patch-level
+image-caption score, the softmax-attention pooling of the caption's cosine similarity to each of the
+image's patch tokens, s(I, T) = sum_m softmax_m(cos(z_m, t) / tau_p) cos(z_m, t) (tau_p ->0: the max
+over patches, the token-wise similarity of FILIP, Yao et al., ICLR 2022, Eq. 4, with one text token).
+An image then matches its caption through the regions that carry it, not only through the mean of all
+patches; no masks are read. The global term is kept; the loss is global + patch_weight * patch.
 """
 
 from __future__ import annotations
@@ -34,6 +41,14 @@ class AlignConfig:
     batch_size: int = 256
     augmented_views: int = 2  # extra random-resized-crop/flip views per image, cached once
     seed: int = 0
+    patch_weight: float = 0.0  # weight of the localisation-aware patch-level term (0: global only)
+    patch_temperature: float = 0.1  # tau_p of the softmax pooling over patches
+
+    def __post_init__(self) -> None:
+        if not self.patch_weight >= 0:
+            raise ConfigError(f"patch_weight={self.patch_weight!r}: expected a weight >= 0")
+        if not self.patch_temperature > 0:
+            raise ConfigError(f"patch_temperature={self.patch_temperature!r}: expected a temperature > 0")
 
 
 def captions_of(dataset: Dataset, samples: Sequence[Sample]) -> list[str]:
@@ -49,22 +64,27 @@ def captions_of(dataset: Dataset, samples: Sequence[Sample]) -> list[str]:
 
 
 def tower_image_features(backbone: LiteBackbone, dataset: Dataset, samples: Sequence[Sample],
-                         cache: FeatureCache, views: int, seed: int) -> torch.Tensor:
-    """Pooled frozen image-tower features (V, N, 1280): view 0 plain, then augmented views."""
+                         cache: FeatureCache, views: int, seed: int, patches: bool = False) -> torch.Tensor:
+    """Pooled frozen image-tower features (V, N, 1280), or with `patches` the patch features
+    (V, N, h*w, 1280) in float16: view 0 plain, then augmented views."""
+    kind, field = ("patches", "patches") if patches else ("plain", "pooled")
 
     def encode(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"pooled": backbone.tower_features(pixels).mean(dim=(2, 3))}
+        fmap = backbone.tower_features(pixels)
+        if patches:
+            return {"patches": fmap.flatten(2).transpose(1, 2).half()}
+        return {"pooled": fmap.mean(dim=(2, 3))}
 
-    out = [cache.get_or_compute(("lite-tower", backbone.tower_id(), dataset.fingerprint(), "plain"), samples,
-                                encode, backbone.preprocess, desc="encoding images")["pooled"]]
+    out = [cache.get_or_compute(("lite-tower", backbone.tower_id(), dataset.fingerprint(), kind), samples,
+                                encode, backbone.preprocess, desc="encoding images")[field]]
     for v in range(views):
         aug = random_resized_flip(random.Random(seed * 7919 + v))
 
         def preprocess(images, _aug=aug):
             return backbone.preprocess([_aug(im) for im in images])
 
-        out.append(cache.get_or_compute(("lite-tower", backbone.tower_id(), dataset.fingerprint(), "aug", seed, v),
-                                        samples, encode, preprocess, desc=f"encoding view {v + 1}/{views}")["pooled"])
+        key = ("lite-tower", backbone.tower_id(), dataset.fingerprint(), "aug", seed, v) + (("patches",) if patches else ())
+        out.append(cache.get_or_compute(key, samples, encode, preprocess, desc=f"encoding view {v + 1}/{views}")[field])
     return torch.stack(out)
 
 
@@ -81,7 +101,12 @@ def align(backbone: LiteBackbone, dataset: Dataset, ids: Sequence[str], out: str
     texts = captions_of(dataset, samples)
     uniq = sorted(set(texts))
     caption_id = torch.tensor([uniq.index(t) for t in texts])
-    img = tower_image_features(backbone, dataset, samples, cache, cfg.augmented_views, cfg.seed)  # (V, N, 1280)
+    use_patches = cfg.patch_weight > 0
+    if use_patches:  # (V, N, M, 1280) float16; the pooled features are their mean
+        patch_img = tower_image_features(backbone, dataset, samples, cache, cfg.augmented_views, cfg.seed, patches=True)
+        img = patch_img.float().mean(dim=2)
+    else:
+        img = tower_image_features(backbone, dataset, samples, cache, cfg.augmented_views, cfg.seed)  # (V, N, 1280)
     with torch.no_grad():
         tok = backbone.tokenize(uniq).to(backbone.device)
         txt = torch.cat([backbone.text_tower_features(_slice(tok, i, i + 64))
@@ -106,12 +131,12 @@ def align(backbone: LiteBackbone, dataset: Dataset, ids: Sequence[str], out: str
             cap = caption_id[idx]
             batch_caps, inverse = torch.unique(cap, return_inverse=True)
             t = F.normalize(backbone.text_head(txt[batch_caps]), dim=-1)
-            logits = backbone._logit_scale_param().exp() * x @ t.t()  # (B, U_b)
-            # image -> caption: one true caption; caption -> images: all images sharing it
-            loss_i = F.cross_entropy(logits, inverse)
-            pos = (inverse.unsqueeze(0) == torch.arange(len(batch_caps)).unsqueeze(1)).float()
-            loss_t = -(pos / pos.sum(1, keepdim=True) * logits.t().log_softmax(-1)).sum(1).mean()
-            loss = (loss_i + loss_t) / 2
+            scale = backbone._logit_scale_param().exp()
+            loss = _symmetric_infonce(scale * x @ t.t(), inverse)  # (B, U_b) logits
+            if use_patches:
+                z = F.normalize(backbone.image_head(patch_img[view[idx], idx].float()), dim=-1)  # (B, M, D)
+                loss = loss + cfg.patch_weight * _symmetric_infonce(
+                    scale * patch_pooled_similarity(z, t, cfg.patch_temperature), inverse)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -128,10 +153,27 @@ def align(backbone: LiteBackbone, dataset: Dataset, ids: Sequence[str], out: str
     save_tensors(out, backbone.head_state(), metadata={"dataset": dataset.name, "pairs": str(n)})
     backbone.heads_path = str(out)
     backbone.name = f"lite:{out}"
-    summary = {"pairs": n, "unique_captions": len(uniq), "epochs": cfg.epochs, "final_loss": history[-1],
+    summary = {"pairs": n, "unique_captions": len(uniq), "epochs": cfg.epochs, "patch_weight": cfg.patch_weight,
+               "final_loss": history[-1],
                "first_loss": history[0], "train_image_to_caption_top1": top1, "heads": str(out)}
     write_json(out.with_suffix(".json"), {**summary, "loss_curve": history[:: max(1, len(history) // 50)]})
     return summary
+
+
+def _symmetric_infonce(logits: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """(image -> caption CE + caption -> images soft CE) / 2 on logits (B, U): each image has one true
+    caption (`inverse`), each caption all the images that share it as positives."""
+    loss_i = F.cross_entropy(logits, inverse)
+    pos = (inverse.unsqueeze(0) == torch.arange(logits.shape[1]).unsqueeze(1)).float()
+    loss_t = -(pos / pos.sum(1, keepdim=True) * logits.t().log_softmax(-1)).sum(1).mean()
+    return (loss_i + loss_t) / 2
+
+
+def patch_pooled_similarity(patches: torch.Tensor, text: torch.Tensor, temperature: float) -> torch.Tensor:
+    """s[b, u] = sum_m softmax_m(c[b, u, m] / temperature) c[b, u, m], c = cosine of image b's patch m
+    (B, M, D, unit rows) with caption u (U, D, unit rows): a soft maximum over the patches."""
+    cos = torch.einsum("bmd,ud->bum", patches, text)
+    return (cos / temperature).softmax(-1).mul(cos).sum(-1)
 
 
 def _slice(tok, a: int, b: int):

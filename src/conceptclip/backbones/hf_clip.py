@@ -44,6 +44,17 @@ __all__ = ["HFCLIPBackbone", "tiny_clip", "tiny_tokenizer", "TINY_WORDS"]
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+
+def _no_cache_kwarg() -> dict[str, None]:
+    """`create_causal_mask`'s "no KV cache" argument: `cache=None` where transformers has it (5.x
+    renamed `past_key_values`, which warns and is removed in 5.40), else the old name."""
+    import inspect
+
+    from transformers.masking_utils import create_causal_mask
+
+    params = inspect.signature(create_causal_mask).parameters
+    return {"cache": None} if "cache" in params else {"past_key_values": None}
+
 # ---------------------------------------------------------------------------------------------
 # the backbone
 # ---------------------------------------------------------------------------------------------
@@ -244,12 +255,8 @@ class HFCLIPBackbone(Backbone):
                 )
             inputs_embeds = inputs_embeds.to(device=device, dtype=self.token_embedding.weight.dtype)
         hidden = tm.embeddings(input_ids=ids, inputs_embeds=inputs_embeds)
-        mask = create_causal_mask(
-            config=tm.config,
-            inputs_embeds=hidden,
-            attention_mask=tokens.attention_mask.to(device),
-            past_key_values=None,
-        )
+        mask = create_causal_mask(config=tm.config, inputs_embeds=hidden,
+                                  attention_mask=tokens.attention_mask.to(device), **_no_cache_kwarg())
         hidden = tm.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
         hidden = tm.final_layer_norm(hidden)
         pooled = hidden[torch.arange(t, device=device), tokens.eot_index.to(device)]

@@ -18,6 +18,7 @@ from typer.core import TyperCommand
 
 from conceptclip.bench.presets import BASE2NOVEL_METHODS, FEWSHOT_METHODS
 from conceptclip.errors import ConfigError
+from conceptclip.threads import THREADS_HELP, set_threads
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -110,17 +111,14 @@ def _protocol_command(protocol: str, default_methods: tuple[str, ...], methods_h
         device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
         align_epochs: int = typer.Option(300, help="epochs of the lite head alignment"),
         overwrite: bool = typer.Option(False, help="delete this protocol's earlier runs in --out first"),
-        threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is fastest on a busy machine)"),
+        threads: int = typer.Option(-1, help=THREADS_HELP),
         selection: str = typer.Option(
             "last", help="'last': test the final epoch (the papers' protocol); 'val': best validation epoch"),
     ) -> None:
         from conceptclip.bench.protocol import run_protocol
         from conceptclip.bench.table import write_tables
 
-        if threads > 0:
-            import torch
-
-            torch.set_num_threads(threads)
+        set_threads(threads)
         records = run_protocol(protocol, dataset, list(methods or default_methods), list(shots), list(seeds),
                                out, backbone=backbone, max_epochs=max_epochs, epochs=_epochs(epochs),
                                selection=selection, method_overrides=_method_overrides(option),

@@ -94,6 +94,7 @@ def _train_config(method: str, settings: BenchSettings, seed: int, device: str |
         cfg["epochs"] = int(settings.epochs[method])
     elif settings.max_epochs is not None and "epochs" not in settings.train_options:
         cfg["epochs"] = min(int(defaults.get("epochs", 50)), settings.max_epochs)
+    cfg["select"] = settings.selection
     if settings.selection == "last" and "eval_every" not in settings.train_options:
         cfg["eval_every"] = 10**9  # the engine then validates (and selects) only the final epoch
     if device:
@@ -110,9 +111,16 @@ def run_record(protocol: str, method: str, shots: int, seed: int, metrics: dict,
         t = metrics["test"]
         row.update(accuracy=t["accuracy"], balanced_accuracy=t["balanced_accuracy"], f1_macro=t["f1_macro"],
                    auc_macro=t["auc_macro"])
+        row.update({f"auc_{c}": v for c, v in (t.get("auc_per_class") or {}).items()})
     else:
         row.update(base_accuracy=metrics["test_base"]["accuracy"], novel_accuracy=metrics["test_novel"]["accuracy"],
                    harmonic_mean=metrics["harmonic_mean"])
+    # what the hyper-parameter searches saw: settings tied on validation accuracy (of grid_size), and
+    # whether the linear probe's solver converged
+    cf = metrics.get("closed_form") or {}
+    after = cf.get("after_fit") or {}
+    row.update(val_ties=cf.get("ties_accuracy"), val_ties_after_fit=after.get("ties_accuracy"),
+               grid_size=cf.get("grid_size") or after.get("grid_size"), converged=cf.get("converged"))
     return row
 
 

@@ -18,7 +18,7 @@ from filelock import FileLock
 
 from conceptclip.data.dataset import Dataset, Sample
 from conceptclip.data.images import PixelDataset, view_augment
-from conceptclip.errors import CheckpointError, ConfigError
+from conceptclip.errors import CheckpointError, ConfigError, MissingTowerError
 from conceptclip.io import load_tensors, save_tensors
 from conceptclip.paths import cache_dir
 from conceptclip.progress import progress
@@ -83,6 +83,12 @@ class FeatureCache:
         so training with augmentation reads features instead of re-encoding pixels every step."""
         if views < 0:
             raise ConfigError(f"views={views!r}: expected a non-negative number of augmented views")
+        stored = getattr(backbone, "stored_image_features", None)
+        if stored is not None:  # a backbone serving stored embeddings: joined by id, nothing to encode or cache
+            if patches or views:
+                raise MissingTowerError(f"{backbone.name} serves stored global embeddings only: no "
+                                        f"{'patch tokens' if patches else 'augmented views'} (those need an image tower)")
+            return {"global": stored([s.id for s in dataset.samples], dataset.name)}
 
         def encode(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
             f = backbone.encode_image(pixels, patches=patches)

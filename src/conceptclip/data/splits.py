@@ -90,7 +90,7 @@ class Split:
 
     def check_disjoint(self) -> None:
         seen: dict[str, str] = {}
-        for name in ("train", "val", "test"):
+        for name in ("train", "val", "test", "align"):
             for i in self.parts.get(name, []):
                 if i in seen:
                     raise DataError(f"split {self.kind}: id {i!r} is in both {seen[i]!r} and {name!r}")
@@ -112,21 +112,37 @@ def _rng(*keys: object) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def holdout_split(dataset: Dataset, train: float = 0.5, val: float = 0.2, seed: int = 0) -> Split:
-    """Stratified train/val/test pools (fractions per class; test gets the rest)."""
+def holdout_split(dataset: Dataset, train: float = 0.5, val: float = 0.2, seed: int = 0, align: float = 0.0) -> Split:
+    """Stratified train/val/test pools (fractions per class; test gets the rest).
+
+    `align` > 0 first sets that fraction of every class aside as an "align" part (for aligning the
+    `lite` heads on images no train, val or test part holds); train/val/test are then those
+    fractions of the remaining images."""
     if not (0 < train < 1 and 0 <= val < 1 and train + val < 1):
         raise DataError(f"holdout fractions train={train}, val={val}: expected 0 < train, 0 <= val, train + val < 1")
+    if not 0 <= align < 1:
+        raise DataError(f"holdout fraction align={align}: expected 0 <= align < 1")
     parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    if align:
+        parts["align"] = []
     groups = ({0: sorted(s.id for s in dataset.samples)} if dataset.multilabel
               else _by_class(dataset, [s.id for s in dataset.samples]))
     for c, ids in groups.items():
+        if align:
+            order = [ids[j] for j in _rng("holdout-align", dataset.name, seed, c).permutation(len(ids))]
+            n_al = round(len(ids) * align)
+            parts["align"] += order[:n_al]
+            ids = sorted(order[n_al:])
         order = [ids[j] for j in _rng("holdout", dataset.name, seed, c).permutation(len(ids))]
         n_tr, n_va = round(len(ids) * train), round(len(ids) * val)
         parts["train"] += order[:n_tr]
         parts["val"] += order[n_tr:n_tr + n_va]
         parts["test"] += order[n_tr + n_va:]
     parts = {k: sorted(v) for k, v in parts.items()}
-    return Split(dataset.name, dataset.fingerprint(), "holdout", {"train": train, "val": val, "seed": seed}, parts)
+    params: dict = {"train": train, "val": val, "seed": seed}
+    if align:
+        params["align"] = align
+    return Split(dataset.name, dataset.fingerprint(), "holdout", params, parts)
 
 
 def fewshot_split(dataset: Dataset, pools: Split, shots: int, seed: int, classes: list[int] | None = None) -> Split:

@@ -29,7 +29,11 @@ class TrainConfig:
     precision: str = "32-true"  # Lightning Fabric precision: 32-true, bf16-mixed, 16-mixed
     accelerator: str = "auto"  # auto | cpu | cuda
     devices: int = 1  # >1: DDP through Lightning Fabric
-    select_metric: str = "accuracy"  # validation metric for model selection
+    # which epoch's weights are tested: "last" = the final epoch (CoOp and its successors report the
+    # final epoch); "val" = the epoch with the best `select_metric` on the validation part (ours;
+    # ties: the lower validation loss). Validation is logged every `eval_every` epochs either way.
+    select: str = "last"
+    select_metric: str = "accuracy"  # validation metric logged (and, with select="val", maximised)
     eval_every: int = 1
     max_grad_norm: float = 0.0  # 0 = no clipping
     num_workers: int = 0
@@ -59,6 +63,9 @@ class TrainConfig:
             (self.precision in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"), "precision",
              "one of 32-true, bf16-mixed, 16-mixed, bf16-true"),
             (self.devices >= 1, "devices", "a positive integer"),
+            (self.select in ("last", "val"), "select",
+             "'last' (test the final epoch, the few-shot papers' protocol) or 'val' (the best validation epoch)"),
+            (self.eval_every >= 1, "eval_every", "a positive integer"),
             (0 <= self.warmup_epochs, "warmup_epochs", "a non-negative integer"),
             (self.augment_views >= 0, "augment_views", "a non-negative integer"),
             (self.num_workers >= 0, "num_workers", "a non-negative integer"),

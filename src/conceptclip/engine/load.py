@@ -18,9 +18,24 @@ def backbone_key(spec: str) -> str:
     return spec
 
 
+def read_config(run: str | Path) -> dict[str, Any]:
+    """A results folder's config.json (CheckpointError naming the folder when it is not one)."""
+    cfg_path = Path(run) / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{run}: not a results folder (config.json missing)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path}: not a valid run config ({type(exc).__name__}: {exc})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: not a valid run config (expected a JSON object)")
+    return cfg
+
+
 def load_run(run: str | Path, device: str | None = None,
              backbones: dict[str, Any] | None = None) -> tuple[Any, dict]:
-    """-> (method with its learned state, config dict). Backbone paths are resolved against the run folder.
+    """-> (method with its learned state, config dict). Backbone paths and the files the method's
+    options name (copied into the run, see `engine.files`) are resolved against the run folder.
 
     `backbones` (key -> backbone, filled as runs load) lets runs on the same backbone weights share
     one loaded backbone (a report over many runs loads the towers once)."""
@@ -39,6 +54,9 @@ def load_run(run: str | Path, device: str | None = None,
         classnames, mconf = cfg["classnames"], cfg["method"]["config"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{cfg_path}: not a valid run config ({type(exc).__name__}: {exc})") from None
+    from conceptclip.engine.files import resolve_files
+
+    mconf = resolve_files(run, cfg, mconf)  # copies inside the run; a missing or changed one fails here
     kind, _, arg = spec.partition(":")
     if kind == "lite" and arg and not Path(arg).is_absolute():
         spec = f"lite:{run / arg}"

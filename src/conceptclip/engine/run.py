@@ -6,7 +6,7 @@
       checkpoint.safetensors   resumable training state (after every epoch)
       model.safetensors  the selected learned state
       history.jsonl      one line per epoch (loss terms, lr, validation metric)
-      predictions.csv    per test image: id, true label, probabilities
+      predictions.csv    per test image: part, id, true label (class name), p_<class> (engine.predictions)
       metrics.json       test metrics (written last: its presence marks a finished run)
       .conceptclip-run   marker: this folder was made by conceptclip (with config.json, what --overwrite may replace)
 
@@ -33,6 +33,8 @@ from conceptclip.data.splits import Split, write_split
 from conceptclip.engine.config import RESUME_CHANGEABLE, TrainConfig
 from conceptclip.engine.data import build_parts
 from conceptclip.engine.evaluate import classification_metrics, predict
+from conceptclip.engine.files import bundle_files, sha256_file
+from conceptclip.engine.predictions import labelled_rows, write_labelled
 from conceptclip.engine.trainer import fit, make_fabric, seed_everything
 from conceptclip.errors import ConfigError
 from conceptclip.io import save_tensors, write_json, write_text
@@ -195,10 +197,17 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
                            multilabel=dataset.multilabel, dataset=dataset, **method_kwargs)
     cfg = TrainConfig.from_dict({**method.train_defaults, **(train_config or {})})
     backbone_spec = backbone.name
+    # a self-contained folder: files named by the method's options and the aligned lite heads are
+    # copied into it, with their sha256 (engine.files); copied once the folder is claimed
+    described = method.describe()
+    raw_method_config = described.get("config", {})
+    described["config"], files = bundle_files(raw_method_config, out, copy=False)
     heads = getattr(backbone, "heads_path", None)
-    if heads:  # keep the run self-contained: the aligned lite heads travel with it
+    if heads:
         backbone_spec = "lite:lite_heads.safetensors"
-    config = {"method": method.describe(), "train": dataclasses.asdict(cfg), "backbone": backbone_spec,
+        files["backbone"] = {"path": "lite_heads.safetensors", "sha256": sha256_file(heads),
+                             "source": str(Path(heads).resolve())}
+    config = {"method": described, "train": dataclasses.asdict(cfg), "backbone": backbone_spec, "files": files,
               "classnames": list(classnames), "template": dataset.template, "multilabel": dataset.multilabel,
               "backbone_weights": backbone.weights_id(), "dataset": dataset.name,
               "dataset_fingerprint": dataset.fingerprint(), "split_sha256": split.sha256(), "split_kind": split.kind,
@@ -207,13 +216,15 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
         config = resume_config(out, config, cfg)
     with claim_run_dir(out, mode) as out:
         return _run_in(out, method, method_name, dataset, split, backbone, cfg, config, cache, heads,
-                       method_config, method_kwargs)
+                       raw_method_config, method_config, method_kwargs)
 
 
 def _run_in(out: Path, method, method_name: str, dataset: Dataset, split: Split, backbone, cfg: TrainConfig,
-            config: dict[str, Any], cache: FeatureCache, heads, method_config, method_kwargs) -> dict[str, Any]:
+            config: dict[str, Any], cache: FeatureCache, heads, raw_method_config, method_config,
+            method_kwargs) -> dict[str, Any]:
     """The part of `run_experiment` that writes into the (claimed) results folder."""
     write_split(split, out / "split.json")
+    bundle_files(raw_method_config, out)
     if heads:
         shutil.copyfile(heads, out / "lite_heads.safetensors")
     write_json(out / "config.json", config)
@@ -228,8 +239,9 @@ def _run_in(out: Path, method, method_name: str, dataset: Dataset, split: Split,
 
     metrics: dict[str, Any] = {"method": method_name, "fit_seconds": round(result.seconds, 3),
                                "best_epoch": result.best_epoch, "val_score": result.best_score,
+                               "selection": result.selection,
                                "closed_form": result.closed_form, "resumed_from_epoch": result.resumed_from}
-    rows = ["part,id,label," + ",".join(f"p_{c.replace(',', ' ')}" for c in method.classnames)]
+    rows: list[list[str]] = []
     for name in [p for p in split.parts if p.startswith("test")]:
         part = parts[name]
         if name == "test_novel":  # novel classes: a fresh method head over the novel class names
@@ -245,13 +257,11 @@ def _run_in(out: Path, method, method_name: str, dataset: Dataset, split: Split,
             probs = predict(method, part, device=fabric.device)
             labels, names = part.labels, method.classnames
         metrics[name] = classification_metrics(probs, labels, names, dataset.multilabel)
-        for i, sid in enumerate(part.ids):
-            lab = labels[i].nonzero()[:, 0].tolist() if dataset.multilabel else labels[i].tolist()  # [i; j]: class indices
-            rows.append(f"{name},{sid},{json.dumps(lab).replace(',', ';')}," + ",".join(f"{p:.6f}" for p in probs[i].tolist()))
+        rows += labelled_rows(name, part.ids, labels, probs, names, dataset.multilabel)
     if "test_base" in metrics and "test_novel" in metrics:
         b, n = metrics["test_base"]["accuracy"], metrics["test_novel"]["accuracy"]
         metrics["harmonic_mean"] = 2 * b * n / (b + n) if b + n > 0 else 0.0
-    write_text(out / "predictions.csv", "\n".join(rows) + "\n")
+    write_labelled(out / "predictions.csv", method.classnames, rows)
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -2,8 +2,9 @@
 
 Closed-form methods fit on the cached train/val features; gradient methods train their own
 parameters (only those with `requires_grad`) with SGD/AdamW, constant warm-up then cosine, for
-`epochs` epochs, selecting the epoch with the best validation metric (ties: the lower validation
-loss). Device, mixed precision and DDP come from Lightning Fabric. After every epoch a checkpoint
+`epochs` epochs, and keep the final epoch's weights (`select="last"`, the few-shot papers'
+protocol) or the epoch with the best validation metric (`select="val"`; ties: the lower validation
+loss). `FitResult.selection` says which epoch was kept and why. Device, mixed precision and DDP come from Lightning Fabric. After every epoch a checkpoint
 is written atomically; a killed run restarted with the same checkpoint path resumes from the last
 finished epoch and reaches the same final weights bit for bit on CPU, because each epoch's
 randomness is seeded from (seed, epoch).
@@ -39,6 +40,21 @@ class FitResult:
     closed_form: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     resumed_from: int | None = None
+    selection: dict[str, Any] = field(default_factory=dict)  # {"select", "epoch", "reason"}
+
+
+def selection_record(cfg: TrainConfig, epoch: int | None, score: float | None, epochs_run: int) -> dict[str, Any]:
+    """What `fit` kept and why, as stored in metrics.json and printed by `train`."""
+    if epoch is None:
+        return {"select": cfg.select, "epoch": None, "reason": "no training epochs (closed form or epochs=0)"}
+    if cfg.select == "last":
+        reason = (f"select=last: the final epoch of {epochs_run} (0-based {epoch}), as the few-shot papers test; "
+                  "--train select=val keeps the best validation epoch instead")
+    else:
+        shown = "n/a" if score is None else f"{score:.4f}"
+        reason = (f"select=val: epoch {epoch} had the best validation {cfg.select_metric} ({shown}; ties: the "
+                  f"lower validation loss) of {epochs_run} epochs")
+    return {"select": cfg.select, "epoch": epoch, "reason": reason}
 
 
 def seed_everything(seed: int) -> None:
@@ -179,6 +195,7 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
         result.closed_form = method.fit_closed_form(*parts)
     params = method.trainable_parameters()
     if not params or cfg.epochs == 0:
+        result.selection = selection_record(cfg, None, None, 0)
         _after_fit(method, parts, result)
         result.seconds = time.perf_counter() - t0
         return result
@@ -242,7 +259,7 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
             if scored is not None:
                 record[f"val_{cfg.select_metric}"], record["val_loss"] = scored
                 key = selection_key(record, cfg.select_metric)
-                if best_key is None or key > best_key:
+                if cfg.select == "val" and (best_key is None or key > best_key):
                     best_key, best_score = key, scored[0]
                     best_state = {k: v.detach().clone().cpu() for k, v in method.learned_state().items()}
                     result.best_epoch = epoch
@@ -257,12 +274,17 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
                             train_config=dataclasses.asdict(cfg))
         fabric.barrier()
     bar.close()
-    if best_state is not None:
+    if cfg.select == "last":  # the final epoch's weights are the ones in the model already
+        last = result.history[-1] if result.history else {}
+        result.best_epoch = last.get("epoch", cfg.epochs - 1)
+        result.best_score = last.get(f"val_{cfg.select_metric}")
+    elif best_state is not None:
         method.load_learned_state({k: v.to(fabric.device) for k, v in best_state.items()})
         result.best_score = best_score
         if result.best_epoch is None:  # resumed after the best epoch was found
             result.best_epoch = max((r for r in result.history if f"val_{cfg.select_metric}" in r),
                                     key=lambda r: selection_key(r, cfg.select_metric))["epoch"]
+    result.selection = selection_record(cfg, result.best_epoch, result.best_score, cfg.epochs)
     _after_fit(method, parts, result)
     result.seconds = time.perf_counter() - t0
     return result

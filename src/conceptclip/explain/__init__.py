@@ -11,6 +11,8 @@ from conceptclip.explain.intervention import (
     knowledge_intervention,
 )
 from conceptclip.explain.maps import (
+    BASELINES,
+    baseline_maps,
     center_crop_geometry,
     center_gaussian_maps,
     load_masks,
@@ -38,7 +40,7 @@ from conceptclip.explain.targets import (
 from conceptclip.explain.textual import PromptExplanation, explain_prompt
 
 __all__ = [
-    "AttentionRelevance", "BaseCAM", "CAMResult", "ClassTarget", "ConceptEdit", "ConceptPromptClassifier",
+    "BASELINES", "AttentionRelevance", "BaseCAM", "baseline_maps", "CAMResult", "ClassTarget", "ConceptEdit", "ConceptPromptClassifier",
     "ConceptTarget", "GradCAM", "InterventionResult", "ModelOutput", "PredictedClassTarget", "PromptExplanation",
     "center_crop_geometry", "load_masks", "center_gaussian_maps", "class_targets", "concept_scores", "concept_targets",
     "explain_method", "explain_prompt", "gradcam_for", "knowledge_intervention", "method_forward",

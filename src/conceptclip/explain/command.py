@@ -25,6 +25,7 @@ import torch
 
 from conceptclip.errors import ConfigError
 from conceptclip.explain.method import gradcam_for, method_forward, method_text_features, relevance_for
+from conceptclip.explain.sanity import MapSanity, SanityCheck, combine_checks
 from conceptclip.explain.similarity import concept_scores, similarity_maps
 from conceptclip.explain.targets import PredictedClassTarget, class_targets
 
@@ -116,6 +117,40 @@ def _concept_panel_titles(method: Any, record: dict[str, Any], maps: torch.Tenso
     return [k for k, _ in order], [f"{names[k]}\ncontribution {v:+.3f}" for k, v in order]
 
 
+def load_data_twin(run_dir: str | Path, device: str | None = None) -> Any:
+    """The run's finished label-shuffled twin (data randomisation test), or None."""
+    from conceptclip.engine.load import load_run
+    from conceptclip.engine.sanity import TWIN_DIR
+
+    twin_dir = Path(run_dir) / TWIN_DIR
+    if not (twin_dir / "metrics.json").is_file():
+        return None
+    return load_run(twin_dir, device)[0]
+def remove_previous(out: Path) -> list[str]:
+    """Delete what an earlier `explain` wrote to `out` (the overlays its scores.json lists,
+    maps.safetensors, scores.json), so no stale overlay of another image or explainer is left
+    beside the new ones; files it did not write stay. Returns the names removed."""
+    import json
+
+    scores = out / "scores.json"
+    if not scores.is_file():
+        return []
+    try:
+        doc = json.loads(scores.read_text(encoding="utf-8"))
+        names = [f for r in doc.get("images", []) for f in (r.get("overlays") or {}).values()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+        names = []
+    removed = []
+    for name in [*names, "maps.safetensors", "scores.json"]:
+        if not isinstance(name, str) or Path(name).name != name:  # only plain file names inside `out`
+            continue
+        path = out / name
+        if path.is_file():
+            path.unlink()
+            removed.append(name)
+    return removed
+
+
 def _safe_stem(path: Path) -> str:
     stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem)
     return stem[:60] or "image"
@@ -125,7 +160,7 @@ def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_d
                    explainers: Sequence[str] | None = None, targets: Literal["all", "predicted"] = "all",
                    concepts: Sequence[str] = (), reference: str | None = None, alpha: float = 0.5,
                    batch_size: int = 16, device: str | None = None,
-                   method_explanation: bool = True) -> dict[str, Any]:
+                   method_explanation: bool = True, sanity: bool = True) -> dict[str, Any]:
     """Explain the run in `run_dir` on `image_paths`; write overlays, raw maps and scores.json to
     `out_dir`; return the scores document.
 
@@ -134,6 +169,10 @@ def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_d
     concepts: concept prompts (e.g. "a dermoscopy image with blue-whitish veil"): their scores
         (cosine, or MONET-style against the `reference` prompt) and similarity maps.
     method_explanation: add the method's own `explain` output (see the module docstring).
+    sanity: run the saliency sanity checks (`explain.sanity`) on each batch's maps of the predicted
+        class: learned-parameter randomisation, and data randomisation where the run has its
+        label-shuffled twin (`conceptclip sanity RUN`). A map type that fails is drawn with a red
+        banner saying it is not an explanation; the scores go to scores.json under "sanity".
     """
     from conceptclip.data.images import load_image
     from conceptclip.engine.load import load_run
@@ -164,8 +203,12 @@ def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_d
     if reference and not concepts:
         raise ConfigError("explain: a reference prompt only makes sense with concept prompts")
 
+    checker = MapSanity(method, load_data_twin(run_dir, device)) if sanity else None
+    sanity_checks: dict[str, list[SanityCheck]] = {}
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_previous(out)
     forward = method_forward(method)
     raw: dict[str, torch.Tensor] = {}
     records: list[dict[str, Any]] = []
@@ -191,6 +234,11 @@ def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_d
             with torch.no_grad():
                 sim = similarity_maps(out_model.features, method_text_features(method).to(pixels)).cpu()
             maps["similarity"] = sim if targets == "all" else sim[torch.arange(len(chunk)), pred][:, None]
+        chunk_checks: dict[str, list[SanityCheck]] = {}
+        if checker is not None:
+            chunk_checks = checker.check(pixels, [e for e in chosen if e in maps], pred)
+            for e, cs in chunk_checks.items():
+                sanity_checks.setdefault(e, []).extend(cs)
         own = None
         if method_explanation:
             feats = out_model.features if out_model.features is not None else backbone.encode_image(pixels, patches=True)
@@ -220,7 +268,9 @@ def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_d
                 else:
                     titles = [f"predicted: {classnames[int(pred[j])]}"]
                 file = f"{key}_{name}.png"
-                save_png(overlay_panel(shown, m[j], titles, alpha=alpha), out / file)
+                bad = [c for c in chunk_checks.get(name, []) if c.applicable and not c.passed]
+                banner = " ".join(c.message() for c in bad) if bad else None
+                save_png(overlay_panel(shown, m[j], titles, alpha=alpha, banner=banner), out / file)
                 record["overlays"][name] = file
                 raw[f"{key}/{name}"] = m[j].contiguous()
             for name, s in target_scores.items():
@@ -247,6 +297,8 @@ def explain_images(run_dir: str | Path, image_paths: Sequence[str | Path], out_d
     save_tensors(out / "maps.safetensors", raw)
     doc = {"run": str(run_dir), "method": method.name, "backbone": cfg.get("backbone"), "classnames": classnames,
            "targets": targets, "explainers": chosen, "concepts": list(concepts), "reference": reference,
-           "concept_score": ("monet" if reference else "cosine") if concepts else None, "images": records}
+           "concept_score": ("monet" if reference else "cosine") if concepts else None,
+           "sanity": {e: [c.to_dict() for c in combine_checks(cs)] for e, cs in sanity_checks.items()},
+           "images": records}
     write_json(out / "scores.json", doc)
     return doc

@@ -75,3 +75,15 @@ def random_maps(n: int, size: int | tuple[int, int], seed: int = 0) -> torch.Ten
     """Baseline maps (n, h, w) of i.i.d. uniform values from a seeded generator."""
     h, w = (size, size) if isinstance(size, int) else size
     return torch.rand(n, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+BASELINES = ("random", "centre")
+
+
+def baseline_maps(n: int, grid: int | tuple[int, int], size: int | tuple[int, int], seed: int = 0,
+                  sigma: float = 0.25) -> dict[str, torch.Tensor]:
+    """The maps every explanation score is read against: "random" (i.i.d. uniform on the
+    explainer's `grid`, upsampled to `size` like the explanations) and "centre" (the centre prior,
+    `center_gaussian_maps` at `size`); each (n, H, W)."""
+    return {"random": upsample_maps(random_maps(n, grid, seed=seed), size),
+            "centre": center_gaussian_maps(n, size, sigma)}

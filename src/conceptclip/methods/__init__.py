@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 from typing import Any, Callable, Sequence
 
-from conceptclip.errors import ConfigError
+from conceptclip.errors import ConfigError, MissingTowerError
 from conceptclip.methods.base import Method, MethodConfig, build_config
 
 _METHODS: dict[str, type[Method]] = {}
@@ -46,7 +46,16 @@ def get_method_class(name: str) -> type[Method]:
 
 
 def create_method(name: str, backbone: Any, classnames: Sequence[str], config: Any = None, **kwargs: Any) -> Method:
-    return get_method_class(name)(backbone, classnames, config, **kwargs)
+    """Build method `name`; a backbone without the towers it needs (stored embeddings) refuses it at once."""
+    cls = get_method_class(name)
+    lacking = sorted(cls.inputs & getattr(backbone, "unavailable_inputs", frozenset()))
+    if lacking:
+        raise ConfigError(f"method {name!r} reads {' and '.join(lacking)}, which backbone {backbone.name!r} lacks "
+                          "(stored embeddings: no image tower); use a method on global features")
+    try:
+        return cls(backbone, classnames, config, **kwargs)
+    except MissingTowerError as exc:
+        raise ConfigError(f"method {name!r} cannot run on this backbone: {exc}") from None
 
 
 __all__ = ["Method", "MethodConfig", "build_config", "register_method", "available_methods", "get_method_class",

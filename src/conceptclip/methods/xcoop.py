@@ -1,50 +1,53 @@
 """XCoOp: concept-guided context optimisation (Bie, Luo, Chen, Chen, "XCoOp: Explainable Prompt
 Learning for Computer-Aided Diagnosis via Concept-guided Context Optimization", IJCAI 2024).
+Official code: github.com/Tommy-Bie/XCoOp (prompting/xcoop.py, prompting/losses.py), used where the
+paper is silent; docs/xcoop.md has the fidelity table (paper / code / ours for every item).
 
-What the paper adds to CoOp (Sec. 3; equation numbers as read here, see docs/xcoop.md):
+- Clinical prompt Q_d per class from concepts (Sec. 2.1; the paper's example: "a photo of melanoma,
+  with irregular pigment network, ..., and vascular structures.").
+- Soft prompt V_d per class, initialised from "a photo of a [disease name]" (Sec. 2), 4 context
+  tokens (Fig. 4), class-specific (V in R^{D x c x dim}).
+- Token-level alignment (Eqs. 1-2) over token-embedding sequences paired position by position:
+      P(y_d | V_d) = exp(cos(Q_d, V_d) / tau) / sum_k exp(cos(Q_k, V_d) / tau),  L_T = -log P(y_d | V_d),
+  cos of two token sequences = sum over positions of the per-token cosines (official code), mean over d.
+- Prompt-level alignment (Eq. 3), text features g(.), summed over classes d:
+      L_P = sum_d CE(softmax_k(cos(g(Q_k), g(V_d)) / tau), y_d);   L_PPA = (L_T + L_P) / 2.
+- Global-local image-prompt alignment (Eq. 4), global feature p, patches f_1..f_M, one CE:
+      z_d = s [cos(p, g(V_d)) + lambda (1/M) sum_m cos(f_m, g(V_d))],  L_IPA = CE(z, y)
+  (s: the backbone's logit scale, as the official code); prediction softmax(z) (Sec. 2.3).
+- L = L_PPA + lambda' L_IPA (Sec. 2.3); tau = 0.9, lambda = 0.1 (Sec. 3.1); lambda' = 1 (ours).
 
-- clinical concept prompts, one per class, from annotations or an LLM (Eq. 3):
-      h_c = "a {modality} image of {class c}, which has {concept_1}, ..., {concept_n}."
-- a class-specific soft prompt t_c = [V]_1 ... [V]_{M_c} [CLASS_c] whose length M_c is the number of
-  content tokens of h_c, so soft token m pairs with concept-prompt token m;
-- token-level alignment of the soft tokens v_{c,m} with the concept-prompt token embeddings
-  e_{c,m} (Eq. 4), over the set Omega of all (c, m) pairs:
-      L_T = (1 / |Omega|) sum_{(c,m)} || v_{c,m} - e_{c,m} ||_2^2
-- prompt-level soft-hard alignment (Eq. 5): a contrastive loss that pulls each learned prompt
-  feature w_c = g(t_c) towards its own concept-prompt feature h_c = g(h_c) and away from the other
-  classes', with temperature tau = 0.9 (cos on L2-normalised features):
-      L_P = -(1 / C) sum_c log( exp(cos(w_c, h_c) / tau) / sum_j exp(cos(w_c, h_j) / tau) )
-- global-local image-prompt alignment (Eqs. 6-8), the global image feature f and the patch tokens
-  p_1..p_N against the learned prompts, s the backbone's logit scale:
-      z_c^G = s cos(f, w_c),   z_c^L = s (1 / N) sum_n cos(p_n, w_c)     ("max" pooling optional)
-      L_IPA = CE(z^G, y) + lambda CE(z^L, y),   lambda = 0.1
-- total (Eq. 9): L = L_IPA + alpha L_T + beta L_P, alpha = beta = 1; every term can be switched off.
-
-Inference is CoOp's: p(y = c | x) = softmax_c(z^G). Explanations: textual (ranked cosine distance
-of each learned class prompt to every clinical concept prompt), visual (patch-prompt similarity
-maps, `explain.method_similarity_maps`), t-SNE of learned vs concept tokens, and knowledge
-interventions (`knowledge="random"|"irrelevant"` retrains with the clinical prompts replaced).
+Named options keep our earlier reading (V1_OPTIONS): a soft prompt as long as the clinical prompt
+(soft_prompt="matched"), squared-distance L_T, mean L_P, two CEs for L_IPA, global-only inference.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from conceptclip.errors import ConfigError
-from conceptclip.explain.textual import PromptExplanation, explain_prompt
+from conceptclip.knowledge.templates import PromptTemplate
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
-from conceptclip.prompts import normalize
-from conceptclip.prompts.concept_context import MatchedContextPrompt, reference_prompts, special_token_ids
+from conceptclip.prompts import ContextPrompt, normalize
+from conceptclip.prompts.concept_context import (
+    MatchedContextPrompt, pad_token_id, reference_prompts, special_token_ids,
+)
 
-KNOWLEDGE = ("clinical", "random", "irrelevant")
-LOCAL_POOLS = ("mean", "max")
-CTX_INITS = ("random", "concepts")
+CHOICES = {"knowledge": ("clinical", "random", "irrelevant"), "local_pool": ("mean", "max"),
+           "soft_prompt": ("paper", "matched"), "token_loss": ("contrastive", "squared"),
+           "prompt_reduction": ("sum", "mean"), "ipa": ("paper", "two_ce"), "inference": ("global_local", "global"),
+           "clinical_template": ("paper", "modality")}
+# the clinical prompt of the paper's Sec. 2.1 example, and our earlier one (clinical_template="modality")
+PAPER_TEMPLATE = PromptTemplate("xcoop_paper", "a photo of {classname}, with {concepts}.", last_joiner=", and ",
+                                reference="XCoOp Sec. 2.1 example clinical prompt")
+MODALITY_TEMPLATE = PromptTemplate("xcoop", "a {modality} image of {classname}, which has {concepts}.")
+PH2_CLASSES = frozenset({"common nevus", "atypical nevus", "melanoma"})  # the classes of the default bank "ph2"
 # Knowledge intervention "irrelevant": everyday-object phrases in place of the clinical concepts.
 IRRELEVANT_CONCEPTS = (
     "four wheels", "a steering wheel", "a wooden handle", "green leaves", "a brick wall", "a cloudy sky",
@@ -55,58 +58,99 @@ IRRELEVANT_CONCEPTS = (
 
 @dataclass
 class XCoOpConfig(MethodConfig):
-    bank: str = "ph2"  # "ph2" (PH2 criteria per diagnosis), a shared-bank name or a bank JSON file
+    bank: str = ""  # a shared-bank name or bank JSON file; "" = "ph2" on PH2's classes, else required
     class_map: dict[str, str] = field(default_factory=dict)  # dataset class -> bank class
     concept_prompts: dict[str, str] = field(default_factory=dict)  # class -> clinical prompt (beats `bank`)
-    modality: str = "dermoscopy"
+    clinical_template: str = "paper"  # paper: PAPER_TEMPLATE | modality: MODALITY_TEMPLATE (needs `modality`)
+    modality: str = ""  # e.g. "dermoscopy", for clinical_template="modality" and a {modality} concept_template
     top_k: int = 0  # at most this many concepts per class (0: all)
     min_frequency: float = 0.0  # keep bank concepts present in at least this fraction of the class
     knowledge: str = "clinical"  # clinical | random | irrelevant (knowledge intervention)
     knowledge_seed: int = 0
-    ctx_init: str = "random"  # random N(0, init_std^2) | concepts (the concept-prompt token embeddings)
+    soft_prompt: str = "paper"  # paper: class-specific "[V]_1..[V]_n [CLASS]." | matched: one [V] per clinical token
+    ctx_init: str = "a photo of a"  # words (n = their tokens) | random: N(0, init_std^2) | concepts (matched only)
+    n_ctx: int = 4  # context tokens of ctx_init="random" with soft_prompt="paper" (Fig. 4)
     init_std: float = 0.02
-    token_alignment: bool = True  # L_T, Eq. 4
-    prompt_alignment: bool = True  # L_P, Eq. 5
-    local_alignment: bool = True  # local term of L_IPA, Eq. 7
-    weight_token: float = 1.0  # alpha, Eq. 9
-    weight_prompt: float = 1.0  # beta, Eq. 9
-    tau: float = 0.9  # temperature of L_P
-    lam: float = 0.1  # lambda: weight of the local (patch) alignment in L_IPA
-    local_pool: str = "mean"  # mean | max over patches
-    concept_template: str = "a {modality} image with {concept}."  # concept prompts of the textual explanation
+    token_alignment: bool = True  # L_T, Eqs. 1-2
+    token_loss: str = "contrastive"  # contrastive (Eqs. 1-2) | squared: mean ||v - q||^2 of the soft tokens (ours)
+    prompt_alignment: bool = True  # L_P, Eq. 3
+    prompt_reduction: str = "sum"  # sum over classes (Eq. 3) | mean
+    local_alignment: bool = True  # local term of Eq. 4
+    ipa: str = "paper"  # paper: one CE of Eq. 4 | two_ce: CE(global) + lam * CE(local) (ours)
+    inference: str = "global_local"  # the score of Eq. 4 (Sec. 2.3) | global: s cos(p, g(V_d)) only
+    weight_token: float = 0.5  # L_PPA = (L_T + L_P) / 2
+    weight_prompt: float = 0.5
+    weight_ipa: float = 1.0  # lambda' (the paper gives no value)
+    tau: float = 0.9  # temperature of Eqs. 1 and 3
+    lam: float = 0.1  # lambda: weight of the local (patch) score in Eq. 4
+    local_pool: str = "mean"  # mean (Eq. 4) | max over patches
+    concept_template: str = "a photo with {concept}."  # concept prompts of the textual explanation
+
+
+# Our earlier defaults (before the paper-faithful ones): every option that differs.
+V1_OPTIONS: dict[str, Any] = {
+    "bank": "ph2", "clinical_template": "modality", "modality": "dermoscopy", "soft_prompt": "matched",
+    "ctx_init": "random", "token_loss": "squared", "prompt_reduction": "mean", "ipa": "two_ce", "inference": "global",
+    "weight_token": 1.0, "weight_prompt": 1.0, "concept_template": "a {modality} image with {concept}."}
+NEW_FIELDS = frozenset({"clinical_template", "soft_prompt", "n_ctx", "token_loss", "prompt_reduction", "ipa",
+                        "inference", "weight_ipa"})
+
+
+def upgrade_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before the paper-faithful defaults (every field of that version, none of the new
+    ones) runs as it was trained: its missing options take their V1 values."""
+    old = {f.name for f in fields(XCoOpConfig)} - NEW_FIELDS
+    if set(values) == old:
+        return {**V1_OPTIONS, **values}
+    return values
 
 
 # -- the paper's terms, pure functions -------------------------------------------------
-def token_alignment_loss(context: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """L_T (Eq. 4): mean over the aligned (class, position) pairs of ||v - e||_2^2; both (N, W)."""
-    return (context - targets.to(context.dtype)).pow(2).sum(-1).mean()
-
-
-def prompt_alignment_loss(soft: torch.Tensor, hard: torch.Tensor, tau: float = 0.9) -> torch.Tensor:
-    """L_P (Eq. 5): InfoNCE over classes of the learned (C, D) vs concept-prompt (C, D) features,
-    -(1/C) sum_c log softmax_j(cos(w_c, h_j) / tau)[c]."""
-    sim = normalize(soft) @ normalize(hard.to(soft.dtype)).t() / tau
+def token_contrastive_loss(soft: torch.Tensor, clinical: torch.Tensor, tau: float = 0.9) -> torch.Tensor:
+    """L_T (Eqs. 1-2) for token sequences soft V (D, L, W) and clinical Q (D, L, W) paired by position:
+    cos(Q_k, V_d) = sum_l cos(q_kl, v_dl); -log softmax_k(cos(Q_k, V_d) / tau)[d], mean over d."""
+    sim = torch.einsum("dlw,klw->dk", normalize(soft), normalize(clinical.to(soft.dtype))) / tau
     return F.cross_entropy(sim, torch.arange(sim.shape[0], device=sim.device))
 
 
-def local_logits(patches: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float,
-                 pool: str = "mean") -> torch.Tensor:
-    """z^L (Eq. 7): s * pool_n cos(p_n, w_c) for patches (B, N, D) and class features (C, D) -> (B, C)."""
-    sim = normalize(patches.to(text.dtype)) @ normalize(text).t()  # (B, N, C)
-    pooled = sim.mean(1) if pool == "mean" else sim.amax(1)
-    return scale * pooled
+def token_distance_loss(context: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Option token_loss="squared": mean over the soft tokens of ||v - q||_2^2, q the clinical token
+    embedding at the same position; both (N, W)."""
+    return (context - targets.to(context.dtype)).pow(2).sum(-1).mean()
 
 
-def global_logits(features: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """z^G (Eq. 6): s * cos(f, w_c) -> (B, C)."""
-    return scale * normalize(features.to(text.dtype)) @ normalize(text).t()
+def prompt_alignment_loss(soft: torch.Tensor, hard: torch.Tensor, tau: float = 0.9,
+                          reduction: str = "sum") -> torch.Tensor:
+    """L_P (Eq. 3): sum_d -log softmax_k(cos(g(Q_k), g(V_d)) / tau)[d] for learned (D, E) and
+    clinical (D, E) prompt features (reduction "mean": divided by D)."""
+    sim = normalize(soft) @ normalize(hard.to(soft.dtype)).t() / tau
+    return F.cross_entropy(sim, torch.arange(sim.shape[0], device=sim.device), reduction=reduction)
+
+
+def global_similarity(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """cos(p, g(V_d)) for global features (B, E) and class features (D, E) -> (B, D)."""
+    return normalize(features.to(text.dtype)) @ normalize(text).t()
+
+
+def local_similarity(patches: torch.Tensor, text: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+    """(1/M) sum_m cos(f_m, g(V_d)) for patches (B, M, E) -> (B, D) ("max": max over m)."""
+    sim = normalize(patches.to(text.dtype)) @ normalize(text).t()  # (B, M, D)
+    return sim.mean(1) if pool == "mean" else sim.amax(1)
+
+
+def ipa_logits(features: torch.Tensor, patches: torch.Tensor | None, text: torch.Tensor,
+               scale: torch.Tensor | float, lam: float = 0.1, pool: str = "mean") -> torch.Tensor:
+    """The score of Eq. 4: s [cos(p, g(V_d)) + lam (1/M) sum_m cos(f_m, g(V_d))] -> (B, D)."""
+    score = global_similarity(features, text)
+    if lam:
+        score = score + lam * local_similarity(patches, text, pool)
+    return scale * score
 
 
 # -- knowledge ---------------------------------------------------------------------------
 @dataclass
 class Knowledge:
-    """Per class: its clinical concepts (with bank frequencies where known) and the reference
-    prompt the soft prompt aligns with (the clinical prompt, or its intervention)."""
+    """Per class: its clinical concepts (with bank frequencies where known) and its clinical prompt."""
 
     concepts: dict[str, list[str]]
     frequency: dict[str, dict[str, float | None]]
@@ -114,12 +158,20 @@ class Knowledge:
     source: str
 
 
+def fill_clinical(config: XCoOpConfig, classname: str, concepts: list[str]) -> str:
+    """The clinical prompt of a class from its concepts (`clinical_template`)."""
+    from conceptclip.knowledge.prompts import display_name
+
+    if config.clinical_template == "paper":
+        return PAPER_TEMPLATE.fill(classname=display_name(classname), concepts=concepts)
+    return MODALITY_TEMPLATE.fill(modality=config.modality, classname=display_name(classname), concepts=concepts)
+
+
 def resolve_knowledge(config: XCoOpConfig, classnames: Sequence[str],
                       bank_exclude: Sequence[str] | None = None) -> Knowledge:
     """The clinical concepts and prompts of every class, from `concept_prompts` or the bank (a bank
     counted from per-image annotations never counts `bank_exclude`, see `load_bank_any`)."""
-    from conceptclip.knowledge.prompts import display_name, select_concepts
-    from conceptclip.knowledge.templates import XCOOP
+    from conceptclip.knowledge.prompts import select_concepts
 
     if config.concept_prompts:
         missing = [c for c in classnames if not str(config.concept_prompts.get(c, "")).strip()]
@@ -129,35 +181,41 @@ def resolve_knowledge(config: XCoOpConfig, classnames: Sequence[str],
                          {c: config.concept_prompts[c] for c in classnames}, "given prompts")
     from conceptclip.prompts.ensembles import load_bank_any
 
-    bank = load_bank_any(config.bank, exclude=bank_exclude)
+    name = config.bank
+    if not name:
+        mapped = {config.class_map.get(c, c).replace("_", " ") for c in classnames}
+        if mapped != PH2_CLASSES:
+            raise ConfigError(f"xcoop needs clinical knowledge for classes {list(classnames)}: set bank=NAME or "
+                              "bank=FILE.json (map names with class_map) or concept_prompts={class: prompt}; the "
+                              "default bank 'ph2' is used only for PH2's classes (common nevus, atypical nevus, melanoma)")
+        name = "ph2"
+    if config.clinical_template == "modality" and not config.modality.strip():
+        raise ConfigError("xcoop clinical_template='modality' needs modality=... (e.g. dermoscopy)")
+    bank = load_bank_any(name, exclude=bank_exclude)
     concepts, freq, prompts = {}, {}, {}
     for c in classnames:
         key = config.class_map.get(c, c)
         if key not in bank.classes:
-            raise ConfigError(f"xcoop bank {config.bank!r}: no class {key!r} for dataset class {c!r} "
+            raise ConfigError(f"xcoop bank {name!r}: no class {key!r} for dataset class {c!r} "
                               f"(bank classes: {', '.join(bank.classes)}; map them with class_map)")
         chosen = select_concepts(bank, key, config.top_k or None, config.min_frequency or None)
         if not chosen:
-            raise ConfigError(f"xcoop bank {config.bank!r}: class {key!r} has no concepts left "
+            raise ConfigError(f"xcoop bank {name!r}: class {key!r} has no concepts left "
                               f"(top_k={config.top_k}, min_frequency={config.min_frequency})")
         concepts[c] = [x.phrase for x in chosen]
         freq[c] = {x.phrase: x.frequency for x in chosen}
-        prompts[c] = XCOOP.fill(modality=config.modality, classname=display_name(c), concepts=concepts[c])
-    return Knowledge(concepts, freq, prompts, f"bank {bank.name!r} ({config.bank})")
+        prompts[c] = fill_clinical(config, c, concepts[c])
+    return Knowledge(concepts, freq, prompts, f"bank {bank.name!r} ({name})")
 
 
-def irrelevant_prompts(knowledge: Knowledge, modality: str, seed: int = 0) -> dict[str, str]:
+def irrelevant_prompts(knowledge: Knowledge, config: XCoOpConfig) -> dict[str, str]:
     """The clinical prompts with every class's concepts replaced by as many everyday-object phrases
-    (seeded choice; the class name and template stay)."""
-    from conceptclip.knowledge.prompts import display_name
-    from conceptclip.knowledge.templates import XCOOP
-
-    rng = random.Random(seed)
+    (seeded by `knowledge_seed`; the class name and template stay)."""
+    rng = random.Random(config.knowledge_seed)
     out = {}
     for c, concepts in knowledge.concepts.items():
         n = max(1, len(concepts) or knowledge.clinical_prompts[c].count(",") + 1)
-        phrases = rng.sample(IRRELEVANT_CONCEPTS, min(n, len(IRRELEVANT_CONCEPTS)))
-        out[c] = XCOOP.fill(modality=modality, classname=display_name(c), concepts=phrases)
+        out[c] = fill_clinical(config, c, rng.sample(IRRELEVANT_CONCEPTS, min(n, len(IRRELEVANT_CONCEPTS))))
     return out
 
 
@@ -166,78 +224,129 @@ def irrelevant_prompts(knowledge: Knowledge, modality: str, seed: int = 0) -> di
 class XCoOp(Method):
     Config = XCoOpConfig
     inputs = frozenset({"features", "patches"})
-    # the paper's optimiser: SGD lr 0.032, constant warm-up then cosine (epochs/batch as the CoOp family here)
-    train_defaults = {"optimizer": "sgd", "lr": 0.032, "batch_size": 32, "epochs": 50, "warmup_epochs": 1,
-                      "warmup_lr": 1e-5}
+    # Sec. 3.1: SGD lr 0.032, warm-up and cosine; epochs, warm-up and batch: the official config
+    # (configs/XCoOp/vit_b16_c4_batch32_pneumonia.yaml: 120 epochs, 5 constant warm-up epochs at 1e-5, batch 32),
+    # gradient norm clipped at 1 (prompting/xcoop.py, its "amp" precision path)
+    train_defaults = {"optimizer": "sgd", "lr": 0.032, "batch_size": 32, "epochs": 120, "warmup_epochs": 5,
+                      "warmup_lr": 1e-5, "max_grad_norm": 1.0}
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
+        if isinstance(config, dict):
+            config = upgrade_config(config)
         super().__init__(backbone, classnames, config, **kw)
         c = self.config
-        for name, value, options in (("knowledge", c.knowledge, KNOWLEDGE), ("local_pool", c.local_pool, LOCAL_POOLS),
-                                     ("ctx_init", c.ctx_init, CTX_INITS)):
-            if value not in options:
-                raise ConfigError(f"xcoop {name}={value!r}: expected one of {options}")
+        for name, options in CHOICES.items():
+            if getattr(c, name) not in options:
+                raise ConfigError(f"xcoop {name}={getattr(c, name)!r}: expected one of {options}")
         if not c.tau > 0:
             raise ConfigError(f"xcoop tau={c.tau}: expected a positive temperature")
-        for name in ("lam", "weight_token", "weight_prompt"):
+        for name in ("lam", "weight_token", "weight_prompt", "weight_ipa"):
             if getattr(c, name) < 0:
                 raise ConfigError(f"xcoop {name}={getattr(c, name)}: expected a non-negative weight")
-        if c.top_k < 0:
-            raise ConfigError(f"xcoop top_k={c.top_k}: expected 0 (all concepts) or a positive number")
+        if c.top_k < 0 or c.n_ctx < 1:
+            raise ConfigError(f"xcoop top_k={c.top_k}, n_ctx={c.n_ctx}: expected top_k >= 0 and n_ctx >= 1")
+        if c.soft_prompt == "matched" and c.ctx_init not in ("random", "concepts"):
+            raise ConfigError(f"xcoop ctx_init={c.ctx_init!r} with soft_prompt='matched': expected ctx_init=random "
+                              "or ctx_init=concepts (words initialise only the paper prompt)")
+        if c.modality and c.clinical_template != "modality" and "{modality}" not in c.concept_template:
+            raise ConfigError(f"xcoop modality={c.modality!r} is used only by clinical_template=modality (v1's 'a "
+                              "{modality} image of [class], which has ...'); the paper's prompt is 'a photo of [class], "
+                              "with ...': drop modality or set clinical_template=modality")
         self.knowledge = resolve_knowledge(c, self.classnames, self.context.get("knowledge_exclude"))
         # every clinical concept of every class, in first-appearance order (names of `concept_scores`)
         self.concept_names = list(dict.fromkeys(p for n in self.classnames for p in self.knowledge.concepts[n]))
         texts = self.knowledge.clinical_prompts
         if c.knowledge == "irrelevant":
-            texts = irrelevant_prompts(self.knowledge, c.modality, c.knowledge_seed)
+            texts = irrelevant_prompts(self.knowledge, c)
         ref = reference_prompts(backbone, [texts[n] for n in self.classnames])
         if c.knowledge == "random":
             ref = ref.randomized(backbone.token_embedding.num_embeddings, special_token_ids(backbone), c.knowledge_seed)
         self.reference = ref
-        targets = ref.token_embeddings(backbone)
-        # e_{c,m} of Eq. 4 and the concept-prompt features h_c of Eq. 5: fixed, recomputed, never checkpointed
-        self.register_buffer("token_targets", targets, persistent=False)
+        if c.soft_prompt == "paper":
+            words = None if c.ctx_init in ("random", "concepts") else c.ctx_init
+            self.prompt = ContextPrompt(backbone, self.classnames, n_ctx=c.n_ctx, class_specific=True,
+                                        ctx_init=words, init_std=c.init_std)
+            n = self.prompt.n_ctx
+            rows = torch.arange(len(self.classnames)).repeat_interleave(n)
+            cols = self.prompt.ctx_positions.reshape(-1)
+        else:
+            self.prompt = MatchedContextPrompt(backbone, self.classnames, ref.lengths, init_std=c.init_std)
+            rows, cols = self.prompt.ctx_rows, self.prompt.ctx_cols
+        # Q and V of Eqs. 1-2 share one length L: the shorter is padded with the tokenizer's pad token
+        ids, soft_len = ref.tokens.input_ids, self.prompt.token_embeds.shape[1]
+        length = max(ids.shape[1], soft_len)
+        pad = pad_token_id(backbone)
+        ids = torch.cat([ids, torch.full((ids.shape[0], length - ids.shape[1]), pad, dtype=ids.dtype)], 1)
+        with torch.no_grad():
+            table = backbone.token_embedding
+            clinical = table(ids.to(backbone.device)).detach().float().cpu()
+            soft_pad = table(torch.full((1, length - soft_len), pad, device=backbone.device)).detach().float().cpu()
+        # fixed, recomputed, never checkpointed: the clinical token ids/embeddings (C, L)/(C, L, W), the
+        # clinical token at each soft token's position (N, W), the pad of the soft sequence, g(Q) (C, E)
+        self.register_buffer("clinical_ids", ids, persistent=False)
+        self.register_buffer("clinical_tokens", clinical, persistent=False)
+        self.register_buffer("soft_rows", rows.clone(), persistent=False)
+        self.register_buffer("soft_cols", cols.clone(), persistent=False)
+        self.register_buffer("token_targets", clinical[rows, cols], persistent=False)
+        self.register_buffer("soft_pad", soft_pad.expand(len(self.classnames), -1, -1).clone(), persistent=False)
         self.register_buffer("hard_features", normalize(ref.features(backbone)), persistent=False)
-        self.prompt = MatchedContextPrompt(backbone, self.classnames, ref.lengths,
-                                           init=targets if c.ctx_init == "concepts" else None, init_std=c.init_std)
+        if c.ctx_init == "concepts":  # start on the clinical tokens at the soft tokens' positions
+            with torch.no_grad():
+                self.prompt.ctx.copy_(self.token_targets.reshape(self.prompt.ctx.shape))
 
     # -- prediction ---------------------------------------------------------------------
     def text_features(self) -> torch.Tensor:
-        """L2-normalised learned class prompt features w_c (C, D)."""
+        """L2-normalised learned class prompt features g(V_d) (C, E)."""
         return normalize(self.prompt())
 
+    def soft_tokens(self) -> torch.Tensor:
+        """The learned soft tokens (N, W), class by class, each paired with `token_targets[i]`."""
+        return self.prompt.ctx.reshape(-1, self.prompt.ctx.shape[-1])
+
+    def _patches(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if batch.get("patches") is None:
+            raise ConfigError("xcoop's local score (Eq. 4) needs patch tokens in the batch ('patches'); use a backbone "
+                              "with patch tokens or set local_alignment=false (and inference=global)")
+        return batch["patches"]
+
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return global_logits(batch["features"], self.text_features(), self.backbone.logit_scale.detach())
+        c, text = self.config, self.text_features()
+        lam = c.lam if c.local_alignment and c.inference == "global_local" else 0.0
+        patches = self._patches(batch) if lam else None
+        return ipa_logits(batch["features"], patches, text, self.backbone.logit_scale.detach(), lam, c.local_pool)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """L (Eq. 9) and every term; switched-off terms are reported (detached) but not optimised."""
+        """L = w_T L_T + w_P L_P + lambda' L_IPA and every term (switched-off terms reported, detached)."""
         c = self.config
-        scale = self.backbone.logit_scale.detach()
-        text = self.text_features()
-        labels = batch["labels"]
-        ce = self.classification_loss(global_logits(batch["features"], text, scale), labels)
-        total = ce
+        scale, text, labels = self.backbone.logit_scale.detach(), self.text_features(), batch["labels"]
+        glob = global_similarity(batch["features"], text)
+        ce = self.classification_loss(scale * glob, labels)
         terms: dict[str, torch.Tensor] = {"ce": ce.detach()}
-        patches = batch.get("patches")
-        if patches is None and c.local_alignment:
-            raise ConfigError("xcoop local alignment needs patch tokens in the batch ('patches'); "
-                              "use a backbone with patch tokens or set local_alignment=false")
+        patches = self._patches(batch) if c.local_alignment else batch.get("patches")
+        ipa = ce
         if patches is not None:
             with torch.set_grad_enabled(c.local_alignment and torch.is_grad_enabled()):
-                local = self.classification_loss(local_logits(patches, text, scale, c.local_pool), labels)
+                loc = local_similarity(patches, text, c.local_pool)
+                local = self.classification_loss(scale * loc, labels)
             terms["local"] = local.detach()
             if c.local_alignment:
-                total = total + c.lam * local
-        terms["ipa"] = total.detach()
+                ipa = (self.classification_loss(scale * (glob + c.lam * loc), labels) if c.ipa == "paper"
+                       else ce + c.lam * local)
         with torch.set_grad_enabled(c.token_alignment and torch.is_grad_enabled()):
-            token = token_alignment_loss(self.prompt.ctx, self.token_targets)
+            if c.token_loss == "contrastive":
+                soft = torch.cat([self.prompt.embeds(), self.soft_pad.to(text.dtype)], 1)
+                token = token_contrastive_loss(soft, self.clinical_tokens, c.tau)
+            else:
+                token = token_distance_loss(self.soft_tokens(), self.token_targets)
         with torch.set_grad_enabled(c.prompt_alignment and torch.is_grad_enabled()):
-            prompt = prompt_alignment_loss(text, self.hard_features, c.tau)
+            prompt = prompt_alignment_loss(text, self.hard_features, c.tau, c.prompt_reduction)
+        ppa = torch.zeros((), device=text.device)
         if c.token_alignment:
-            total = total + c.weight_token * token
+            ppa = ppa + c.weight_token * token
         if c.prompt_alignment:
-            total = total + c.weight_prompt * prompt
-        terms.update(token=token.detach(), prompt=prompt.detach())
+            ppa = ppa + c.weight_prompt * prompt
+        total = ppa + c.weight_ipa * ipa
+        terms.update(ipa=ipa.detach(), token=token.detach(), prompt=prompt.detach(), ppa=ppa.detach())
         return {"loss": total, **terms}
 
     # -- explanations ----------------------------------------------------------------------
@@ -277,123 +386,11 @@ class XCoOp(Method):
                      for t, ids in zip(self.reference.texts, self.reference.content_ids())]
         return {**super().describe(), "knowledge_source": self.knowledge.source,
                 "clinical_concepts": self.knowledge.concepts, "reference_prompts": reference,
-                "soft_prompt_lengths": self.prompt.lengths}
+                "soft_prompt_lengths": torch.bincount(self.soft_rows, minlength=len(self.classnames)).tolist()}
 
 
-# -- explanations as data (drawing is report/'s job) ------------------------------------------
-def home_classes(knowledge: Knowledge, classnames: Sequence[str], concepts: Sequence[str],
-                 margin: float = 0.2) -> dict[int, int]:
-    """{concept index: class index} for concepts that belong to one class: listed by one class only,
-    or whose bank frequency in one class beats every other class's by at least `margin`."""
-    out = {}
-    for k, name in enumerate(concepts):
-        holders = [(knowledge.frequency.get(c, {}).get(name), i) for i, c in enumerate(classnames)
-                   if name in knowledge.concepts.get(c, [])]
-        if len(holders) == 1:
-            out[k] = holders[0][1]
-        elif holders and all(f is not None for f, _ in holders):
-            ranked = sorted(holders, reverse=True)
-            if ranked[0][0] - ranked[1][0] >= margin:
-                out[k] = ranked[0][1]
-    return out
-
-
-def concept_class_agreement(distance: torch.Tensor, home: dict[int, int]) -> float | None:
-    """Share of concepts whose nearest learned class prompt is their home class, after removing each
-    class prompt's mean distance (so a prompt near everything does not win every concept):
-
-        d'_{ck} = d_{ck} - (1/K) sum_k' d_{ck'},   agreement = mean_{k in home} [argmin_c d'_{ck} = home(k)]
-    """
-    if not home:
-        return None
-    centred = distance - distance.mean(dim=1, keepdim=True)
-    nearest = centred.argmin(dim=0)
-    return sum(int(nearest[k]) == c for k, c in home.items()) / len(home)
-
-
-@torch.no_grad()
-def token_alignment_stats(method: XCoOp) -> dict[str, dict[str, float]]:
-    """Per class: mean Euclidean distance of each soft token to its aligned concept-prompt token
-    ("matched") and to the class's other concept-prompt tokens ("unmatched"), and the share of soft
-    tokens whose nearest vocabulary token is the aligned one ("nearest_token_match")."""
-    from conceptclip.metrics.prompt_distance import nearest_vocab_tokens
-
-    table = method.backbone.token_embedding.weight.detach().float().cpu()
-    ctx, targets = method.prompt.ctx.detach().float().cpu(), method.token_targets.float().cpu()
-    out = {}
-    for c, (sl, ids) in enumerate(zip(method.prompt.slices, method.reference.content_ids())):
-        v, e = ctx[sl], targets[sl]
-        d = torch.cdist(v, e)
-        m = d.shape[0]
-        off = d[~torch.eye(m, dtype=torch.bool)]
-        near = nearest_vocab_tokens(v, table, k=1).token_ids[:, 0]
-        out[method.classnames[c]] = {"matched": float(d.diagonal().mean()),
-                                     "unmatched": float(off.mean()) if off.numel() else float("nan"),
-                                     "nearest_token_match": float((near == ids.cpu()).float().mean())}
-    return out
-
-
-@dataclass
-class TextualExplanation(PromptExplanation):
-    """`explain.PromptExplanation` (distance (C, K) of learned class prompt c to clinical concept k,
-    ranking nearest first) plus XCoOp's `home` classes of the concepts, `agreement`
-    (`concept_class_agreement`) and `tokens` (`token_alignment_stats`)."""
-
-    home: dict[int, int] = field(default_factory=dict)
-    agreement: float | None = None
-    tokens: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def to_dict(self, k: int = 5) -> dict[str, Any]:
-        return {"nearest_concepts": super().to_dict(k)["nearest_concepts"],
-                "home_class": {self.concepts[j]: self.classnames[c] for j, c in self.home.items()},
-                "concept_class_agreement": self.agreement, "token_alignment": self.tokens}
-
-
-def explain_textually(method: XCoOp, concepts: Sequence[str] | None = None, margin: float = 0.2) -> TextualExplanation:
-    """XCoOp's textual explanation: every learned class prompt's cosine distance to every clinical
-    concept prompt, ranked (`explain.explain_prompt`), with the agreement and token statistics."""
-    names = list(concepts) if concepts is not None else method.concept_names
-    feats = method.concept_features(names)
-    base = explain_prompt(method, feats, names)
-    home = home_classes(method.knowledge, method.classnames, names, margin)
-    return TextualExplanation(list(method.classnames), names, base.distance, base.ranking, home=home,
-                              agreement=concept_class_agreement(base.distance, home),
-                              tokens=token_alignment_stats(method))
-
-
-@dataclass
-class TokenTSNE:
-    """2-D t-SNE coordinates (2N, 2) of the N learned soft tokens followed by their N aligned
-    concept-prompt tokens; `kind` "learned"/"concept", `class_index` and `position` per point,
-    `token` the concept-prompt token each point is paired with."""
-
-    coords: torch.Tensor
-    kind: list[str]
-    class_index: torch.Tensor
-    position: torch.Tensor
-    token: list[str]
-
-
-@torch.no_grad()
-def prompt_token_tsne(method: XCoOp, perplexity: float = 30.0, seed: int = 0, threads: int | None = 1) -> TokenTSNE:
-    """t-SNE (scikit-learn, Barnes-Hut) of the learned soft tokens together with the concept-prompt
-    token embeddings. A few hundred points: one thread by default (`threads`), since OpenMP threads
-    competing for a busy CPU made it some 70x slower here; None lets scikit-learn choose."""
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-
-    ctx, targets = method.prompt.ctx.detach().float().cpu(), method.token_targets.float().cpu()
-    x = torch.cat([ctx, targets]).numpy()
-    n = ctx.shape[0]
-    if 2 * n < 4:
-        raise ConfigError(f"t-SNE needs at least 4 points, the prompts have {2 * n}")
-    perplexity = min(perplexity, (2 * n - 1) / 3)
-    with threadpool_limits(limits=threads):
-        coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
-    cls = torch.cat([torch.full((m,), c) for c, m in enumerate(method.prompt.lengths)])
-    pos = torch.cat([torch.arange(m) for m in method.prompt.lengths])
-    tok = getattr(method.backbone, "tokenizer", None)
-    ids = torch.cat(method.reference.content_ids()).tolist()
-    words = tok.convert_ids_to_tokens(ids) if hasattr(tok, "convert_ids_to_tokens") else [str(i) for i in ids]
-    return TokenTSNE(torch.from_numpy(coords).float(), ["learned"] * n + ["concept"] * n, cls.repeat(2),
-                     pos.repeat(2), [str(w) for w in words] * 2)
+# XCoOp's explanations as data live in explain/ (below methods/); importable from here as before
+from conceptclip.explain.prompt_tokens import (  # noqa: E402
+    TextualExplanation, TokenTSNE, concept_class_agreement, explain_textually, home_classes, prompt_token_tsne,
+    token_alignment_stats,
+)

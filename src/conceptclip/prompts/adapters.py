@@ -46,4 +46,14 @@ def cache_logits(features: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     values (N, C) -> cache logits (B, C). Keys are used as given (Tip-Adapter-F fine-tunes them)."""
     if keys.shape[0] == 0:
         return features.new_zeros(features.shape[0], values.shape[1])
-    return cache_affinity(features @ keys.t(), beta) @ values
+    affinity = cache_affinity(features @ keys.t(), beta)
+    if not values.requires_grad and _is_one_hot(values):
+        # A L with one-hot L sums each class's columns of A: O(B N) adds instead of an O(B N C) matmul
+        out = affinity.new_zeros(affinity.shape[0], values.shape[1])
+        return out.index_add_(1, values.argmax(1), affinity)
+    return affinity @ values
+
+
+def _is_one_hot(values: torch.Tensor) -> bool:
+    """Every row of `values` (N, C) is a one-hot vector (Tip-Adapter's cache values)."""
+    return bool(((values == 0) | (values == 1)).all() and (values.sum(1) == 1).all())

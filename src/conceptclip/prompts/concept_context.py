@@ -30,6 +30,15 @@ def special_token_ids(backbone: Backbone) -> set[int]:
                                                                        "all_special_ids", [])}
 
 
+def pad_token_id(backbone: Backbone) -> int:
+    """The id the tokenizer pads with, found by tokenising a short text next to a longer one."""
+    tokens = backbone.tokenize(["", "a a a a"])
+    pads = tokens.input_ids[0][tokens.attention_mask[0] == 0]
+    if not len(pads):
+        raise ConfigError(f"backbone {getattr(backbone, 'name', '?')!r}: its tokenizer does not pad")
+    return int(pads[0])
+
+
 @dataclass
 class ReferencePrompts:
     """Tokenised reference prompts, one per class, with the content-token mask (C, L) (real tokens

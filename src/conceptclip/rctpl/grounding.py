@@ -141,7 +141,8 @@ def finding_maps(method, pixels: torch.Tensor, class_index: torch.Tensor, kind: 
 def evaluate_grounding(method, items: Sequence[GroundingItem], kinds: Sequence[str] = MAP_KINDS, *,
                        threshold: float = 0.5, tolerance: float = 0.0, batch_size: int = 16) -> dict[str, Any]:
     """Per map kind: pointing game and Dice / IoU / precision / recall over the items whose
-    region is not empty (the method's classes must include every finding)."""
+    region is not empty (the method's classes must include every finding), and the same scores of
+    the baseline maps ("baselines": random and centre, `explain.baseline_maps`) to read them against."""
     from conceptclip.data import load_image
     from conceptclip.metrics import map_grounding_scores, pointing_game
 
@@ -172,6 +173,16 @@ def evaluate_grounding(method, items: Sequence[GroundingItem], kinds: Sequence[s
         scores = map_grounding_scores(m, t, threshold=threshold)
         out[k] = {"pointing_game": pointing_game(m, t, tolerance=tolerance),
                   **{name: float(v) for name, v in scores.items()}}
+    if int(keep.sum()):
+        from conceptclip.explain.maps import baseline_maps
+
+        grid = next(iter(maps.values()))[0].shape[-2:] if kinds else (7, 7)
+        t = truth[keep]
+        out["baselines"] = {}
+        for name, m in baseline_maps(len(t), tuple(grid), bb.image_size).items():
+            scores = map_grounding_scores(m, t, threshold=threshold)
+            out["baselines"][name] = {"pointing_game": pointing_game(m, t, tolerance=tolerance),
+                                      **{k: float(v) for k, v in scores.items()}}
     findings = [it.finding for it, kept in zip(items, keep.tolist()) if kept]
     out["per_finding"] = {f: findings.count(f) for f in sorted(set(findings))}
     return out

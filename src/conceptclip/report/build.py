@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from conceptclip.engine.files import check_files
 from conceptclip.errors import ConceptClipError, ConfigError
 from conceptclip.report.runs import (
     SUMMARY_METRICS,
@@ -65,8 +66,9 @@ def metric_rows(groups: Sequence[RunGroup]) -> list[dict[str, Any]]:
         sub = []
         for part in parts:
             n = sorted({int((r.metrics or {}).get(part, {}).get("n", 0)) for r in g.runs})
+            cis = _seed_mean_cis(g, part)
             sub.append({"part": part, "n": "/".join(map(str, n)),
-                        "cells": [format_mean_std(summary[part][m]["mean"], summary[part][m]["std"])
+                        "cells": [format_mean_std(summary[part][m]["mean"], summary[part][m]["std"]) + cis.get(m, "")
                                    for m in SUMMARY_METRICS]})
         if "harmonic_mean" in summary:
             h = summary["harmonic_mean"]["harmonic_mean"]
@@ -79,6 +81,23 @@ def metric_rows(groups: Sequence[RunGroup]) -> list[dict[str, Any]]:
                         "seeds": ", ".join(str(s) for s in g.seeds)})
             rows.append(row)
     return rows
+
+
+def _seed_mean_cis(group: RunGroup, part: str) -> dict[str, str]:
+    """" [low, high]" per metric: the 95 % bootstrap interval of the seed mean over the part's images
+    (`bench.table.seed_mean_ci`), for single-label groups whose runs all have their predictions."""
+    from conceptclip.bench.table import CI_METRICS, seed_mean_ci
+
+    preds = [r.predictions().get(part) for r in group.runs]
+    if not preds or any(p is None or p.labels.ndim != 1 or not len(p.ids) for p in preds):
+        return {}
+    runs = [(p.ids, p.labels, p.probs) for p in preds]
+    out = {}
+    for m in CI_METRICS:
+        ci = seed_mean_ci(runs, m, classnames=preds[0].classnames)
+        if ci.low == ci.low and ci.high == ci.high:
+            out[m] = f" [{ci.low:.3f}, {ci.high:.3f}]"
+    return out
 
 
 def _find_tables(paths: Sequence[Path], name: str) -> list[Path]:
@@ -107,10 +126,16 @@ def _pct(mean: float, std: float) -> str:
     return format_mean_std(mean, std, scale=100.0, digits=1)
 
 
+def replicate_names(runs: Sequence[RunRecord]) -> dict[Path, str]:
+    """Finished run path -> the name its row gets in the few-shot and base-to-novel tables: the
+    method, plus what sets its configuration apart ("coop (epochs=20)"), so only replicates pool."""
+    return {r.path: g.method + (f" ({g.differs})" if g.differs else "") for g in group_runs(runs) for r in g.runs}
+
+
 def fewshot_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict[str, Any] | None:
     """Few-shot curve + table: the bench layer's fewshot.csv when present, else the finished
     few-shot runs when they cover at least two values of K for some method."""
-    from conceptclip.bench.table import fewshot_summary
+    from conceptclip.bench.table import add_confidence_intervals, fewshot_summary, pct_cell
     from conceptclip.report.overlay import png_data_url
     from conceptclip.report.plots import bench_plot_png
 
@@ -119,7 +144,8 @@ def fewshot_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict[st
         summary = [r for t in tables for r in _read_csv(t)]
         source = "From the bench table(s) " + ", ".join(_rel(t) for t in tables) + "."
     else:
-        records = [{"method": r.method, "shots": r.shots, **{m: (r.metrics or {}).get("test", {}).get(m)
+        names = replicate_names(runs)
+        records = [{"method": names[r.path], "shots": r.shots, "run": str(r.path), **{m: (r.metrics or {}).get("test", {}).get(m)
                                                                 for m in ("accuracy", "balanced_accuracy", "f1_macro",
                                                                           "auc_macro")}}
                    for r in runs if r.finished and r.split_kind == "fewshot" and "test" in (r.metrics or {})]
@@ -129,14 +155,15 @@ def fewshot_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict[st
         if not records or max(len(v) for v in by_method.values()) < 2:
             return None
         summary = fewshot_summary(records)
+        add_confidence_intervals(summary, records)
         source = "From the few-shot runs found (no bench fewshot.csv under the given folders)."
     if not summary:
         return None
     shots = sorted({r["shots"] for r in summary})
     methods = list(dict.fromkeys(r["method"] for r in summary))
     cell = {(r["method"], r["shots"]): r for r in summary}
-    rows = [{"method": m, "cells": [_pct(cell[m, k]["accuracy_mean"], cell[m, k]["accuracy_std"])
-                                     if (m, k) in cell else "–" for k in shots]} for m in methods]
+    rows = [{"method": m, "cells": [pct_cell(cell[m, k], "accuracy") if (m, k) in cell else "–" for k in shots]}
+            for m in methods]
     return {"source": source, "shots": shots, "rows": rows,
             "plot": png_data_url(bench_plot_png("fewshot", summary, title="Few-shot test accuracy"))}
 
@@ -153,7 +180,8 @@ def base2novel_section(paths: Sequence[Path], runs: Sequence[RunRecord]) -> dict
         summary = [r for t in tables for r in _read_csv(t)]
         source = "From the bench table(s) " + ", ".join(_rel(t) for t in tables) + "."
     else:
-        records = [{"method": r.method, "shots": r.shots,
+        names = replicate_names(runs)
+        records = [{"method": names[r.path], "shots": r.shots,
                     "base_accuracy": r.metrics["test_base"]["accuracy"],
                     "novel_accuracy": r.metrics["test_novel"]["accuracy"],
                     "harmonic_mean": r.metrics.get("harmonic_mean", 0.0)}
@@ -304,7 +332,8 @@ def make_cards(explainer: Any, dataset: Any, pred: PartPredictions,
                       "probability": res.probabilities[res.prediction],
                       "correct": res.prediction in truth.split(", "),
                       "image": png_data_url(thumbnail(res.shown, 256)), "concepts": res.top_concepts(6),
-                      "maps": [{"title": m.title, "src": png_data_url(thumbnail(m.image, 192))} for m in res.maps],
+                      "maps": [{"title": m.title, "src": png_data_url(thumbnail(m.image, 192)), "failed": m.failed,
+                                "sanity_text": m.sanity_text} for m in res.maps],
                       "rationale": res.rationale})
     return cards, (results[0].concept_kind if results else "")
 
@@ -339,7 +368,19 @@ def run_row(r: RunRecord) -> dict[str, Any]:
             "backbone": cfg.get("backbone", "?"), "weights": cfg.get("backbone_weights", "?"),
             "fit": f"{m['fit_seconds']:.1f}" if isinstance(m.get("fit_seconds"), (int, float)) else "",
             "best_epoch": m.get("best_epoch", "") if m.get("best_epoch") is not None else "",
-            "config": json.dumps(cfg, indent=2, ensure_ascii=False)}
+            "problems": check_files(r.path, cfg),
+            "config": json.dumps(_without_sources(cfg), indent=2, ensure_ascii=False)}
+
+
+def _without_sources(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config as the page shows it: the copied files' "source" (an absolute path of the machine
+    the run was made on) reduced to its file name."""
+    files = cfg.get("files")
+    if not isinstance(files, dict):
+        return cfg
+    shown = {k: ({**v, "source": Path(str(v["source"])).name} if isinstance(v, dict) and "source" in v else v)
+             for k, v in files.items()}
+    return {**cfg, "files": shown}
 
 
 def _scrub_paths(text: str) -> str:
@@ -384,6 +425,9 @@ def _build_report(paths: list[Path], out: str | Path, *, dataset, bank, concept_
     if not groups:
         raise ConfigError("report: none of the runs found has finished (no metrics.json); nothing to report")
     log(f"{len(runs)} run folder(s), {len(groups)} group(s)")
+    for r in runs:
+        for problem in check_files(r.path, r.config):
+            log(f"warning: {_rel(r.path)} is incomplete: {problem}")
     datasets = _Datasets(dataset)
     backbones: dict[str, Any] = {}
     concept_cache: dict[str, Any] = {}
@@ -465,7 +509,11 @@ def _explained(g: RunGroup, datasets: _Datasets, backbones: dict, concept_cache:
         if part is None:
             out["card_note"] = "No per-image cards: predictions.csv has no test rows."
         elif ds is not None:
-            ids = [i for i in select_ids(preds[part], images) if _has(ds, i)]
+            chosen = select_ids(preds[part], images)
+            ids = [i for i in chosen if _has(ds, i)]
+            if len(ids) < len(chosen):
+                note += (f" {len(chosen) - len(ids)} of the {len(chosen)} chosen test images are not in dataset "
+                         f"{ds.name!r} (pass the --dataset the run was trained on).")
             out["cards"], kind = make_cards(explainer, ds, preds[part], ids)
             if kind == "method":
                 csrc = "concept bars: the method's own concept scores"

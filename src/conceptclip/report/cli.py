@@ -34,5 +34,5 @@ def report(
     from conceptclip.report.build import build_report
 
     summary = build_report(runs, out, dataset=dataset, bank=concepts, concept_template=concept_template, images=images, tsne=tsne,
-                           device=device, title=title, log=console.print)
+                           device=device, title=title, log=lambda s: console.print(s, markup=False, highlight=False))
     typer.echo(json.dumps(summary))

@@ -77,11 +77,29 @@ def load_concepts(bank: str | Path | None, config: dict[str, Any], template: str
     return ConceptSet(names, [tpl.format(n) for n in names], f"{loaded.name} ({loaded.content_hash[:19]})", by_class)
 
 
+CONCEPT_MAP_NOTE = {"test": "none", "applicable": False, "passed": False,
+                    "message": "Not a sanity-checked explanation of this model: the map compares the frozen image "
+                               "encoder's patches with the concept prompt; nothing the model learned enters it."}
+
+
 @dataclass
 class HeatMap:
     name: str
     title: str
     image: Image.Image  # the overlay on the image as the model saw it
+    sanity: list[dict[str, Any]] = field(default_factory=list)  # `SanityCheck.to_dict()` of this map type
+
+    @property
+    def failed(self) -> bool:
+        """The map failed a sanity check: pages show the reason instead of the map."""
+        from conceptclip.explain.sanity import failed
+
+        return failed(self.sanity)
+
+    @property
+    def sanity_text(self) -> str:
+        return " ".join(c["message"] for c in self.sanity if c.get("applicable") and not c.get("passed")) or \
+            " ".join(c["message"] for c in self.sanity)
 
 
 @dataclass
@@ -110,7 +128,7 @@ class RunExplainer:
 
     def __init__(self, run_dir: str | Path, *, concepts: ConceptSet | None = None, bank: str | Path | None = None,
                  concept_template: str | None = None, device: str | None = None, alpha: float = 0.5,
-                 backbones: dict[str, Any] | None = None, load_bank: bool = True,
+                 backbones: dict[str, Any] | None = None, load_bank: bool = True, sanity: bool = True,
                  max_concepts: int | None = None) -> None:
         from conceptclip.engine.load import load_run
         from conceptclip.explain.command import available_explainers
@@ -129,6 +147,12 @@ class RunExplainer:
                                                 desc=f"encoding {len(concepts.prompts)} concept prompts")
                                  if concepts else None)
         self.prompt_nearest = self._prompt_nearest()
+        self.sanity = None
+        if sanity:  # saliency sanity checks of every map shown (explain.sanity)
+            from conceptclip.explain.command import load_data_twin
+            from conceptclip.explain.sanity import MapSanity
+
+            self.sanity = MapSanity(self.method, load_data_twin(self.run_dir, device))
 
     def _prompt_nearest(self) -> dict[str, list[tuple[str, float]]]:
         """Per class, the concepts nearest to the learned class prompt (prompt methods only)."""
@@ -175,6 +199,7 @@ class RunExplainer:
                 sim = similarity_maps(feats, method_text_features(method).to(feats.patches)).cpu()
             maps["similarity"] = sim[torch.arange(len(images)), pred]
 
+        checks = self.sanity.check(pixels, list(maps), pred.to(backbone.device)) if self.sanity else {}
         c_scores, kind, names = self._concept_scores(feats, pixels)
         concept_maps = None
         if c_scores is not None and kind == "cosine" and feats.patches is not None:
@@ -187,7 +212,8 @@ class RunExplainer:
             shown = center_crop_geometry(image.convert("RGB"), backbone.image_size)
             p = probs[i]
             c = self.classnames[int(pred[i])]
-            heat = [HeatMap(name, f"{titles[name]} · {c}", overlay(shown, m[i], self.alpha)) for name, m in maps.items()]
+            heat = [HeatMap(name, f"{titles[name]} · {c}", overlay(shown, m[i], self.alpha),
+                            [x.to_dict() for x in checks.get(name, [])]) for name, m in maps.items()]
             ranked: list[tuple[str, float]] = []
             if c_scores is not None:
                 order = torch.argsort(c_scores[i], descending=True)
@@ -195,11 +221,16 @@ class RunExplainer:
                 if concept_maps is not None:
                     top = int(order[0])
                     heat.append(HeatMap("concept", f"concept similarity · {names[top]}",
-                                        overlay(shown, concept_maps[i, top], self.alpha)))
+                                        overlay(shown, concept_maps[i, top], self.alpha), [CONCEPT_MAP_NOTE]))
             probs_d = {n: float(v) for n, v in zip(self.classnames, p)}
             text = self._rationale(c, probs_d, ranked, rationales[i] if rationales else None)
             results.append(ImageExplanation(c, probs_d, ranked, kind if ranked else "", heat, text, shown))
         return results
+
+    def concept_scores(self, feats, pixels) -> tuple[torch.Tensor | None, str, list[str]]:
+        """(scores (B, K) or None, kind "method" | "cosine" | "", concept names) of a batch: the
+        method's own concept scores where it has them, else cosines with the bank's concept prompts."""
+        return self._concept_scores(feats, pixels)
 
     def _concept_scores(self, feats, pixels) -> tuple[torch.Tensor | None, str, list[str]]:
         from conceptclip.explain.similarity import concept_scores

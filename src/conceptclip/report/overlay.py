@@ -56,9 +56,33 @@ def overlay(image: Image.Image, map2d: torch.Tensor | np.ndarray, alpha: float =
     return Image.blend(base, colorize(map2d, base.size, cmap), alpha)
 
 
+def title_font(size: int = 11):
+    """DejaVu Sans (shipped with matplotlib) at `size` px: its spaces are word-wide, where PIL's
+    built-in bitmap font draws them about a pixel wide ("cat0.50"); PIL's default when absent."""
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def fit_title(draw, title: str, width: int, font) -> str:
+    """`title` cut (with "…") to fit `width` pixels in `font`, spaces kept."""
+    if draw.textlength(title, font=font) <= width:
+        return title
+    while title and draw.textlength(title + "…", font=font) > width:
+        title = title[:-1]
+    return title.rstrip() + "…"
+
+
 def overlay_panel(image: Image.Image, maps: torch.Tensor | np.ndarray, titles: Sequence[str] | None = None,
-                  alpha: float = 0.5, cmap: str = "jet", pad: int = 4, title_height: int = 14) -> Image.Image:
-    """The image followed by one overlay per map (T, h, w), side by side, each with its title."""
+                  alpha: float = 0.5, cmap: str = "jet", pad: int = 4, title_height: int = 14,
+                  banner: str | None = None) -> Image.Image:
+    """The image followed by one overlay per map (T, h, w), side by side, each with its title; a
+    `banner` (e.g. a failed sanity check) is written in red above, wrapped to the panel's width."""
     maps = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
     if maps.dim() != 3:
         raise ConfigError(f"overlay_panel: expected maps (T, h, w), got {tuple(maps.shape)}")
@@ -68,13 +92,25 @@ def overlay_panel(image: Image.Image, maps: torch.Tensor | np.ndarray, titles: S
     base = image.convert("RGB")
     tiles = [(base, "image")] + [(overlay(base, m, alpha, cmap), t) for m, t in zip(maps, titles)]
     w, h = base.size
-    canvas = Image.new("RGB", (len(tiles) * (w + pad) + pad, h + title_height + 2 * pad), "white")
+    width = len(tiles) * (w + pad) + pad
+    lines = _wrap(banner, max(20, (width - 2 * pad) // 6)) if banner else []
+    top = len(lines) * title_height + (pad if lines else 0)
+    canvas = Image.new("RGB", (width, top + h + title_height + 2 * pad), "white")
     draw = ImageDraw.Draw(canvas)
+    font = title_font(max(8, title_height - 3))
+    for k, line in enumerate(lines):
+        draw.text((pad, pad + k * title_height), line, fill=(180, 0, 0), font=font)
     for i, (tile, title) in enumerate(tiles):
         x = pad + i * (w + pad)
-        canvas.paste(tile, (x, pad + title_height))
-        draw.text((x, pad), title[: max(4, w // 6)], fill="black")
+        canvas.paste(tile, (x, top + pad + title_height))
+        draw.text((x, top + pad), fit_title(draw, title, w, font), fill="black", font=font)
     return canvas
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width=width) or [text]
 
 
 def png_bytes(image: Image.Image) -> bytes:

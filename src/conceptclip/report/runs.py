@@ -21,6 +21,25 @@ import numpy as np
 from conceptclip.errors import ConfigError
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc_macro", "f1_macro", "ece")
+# config keys that differ between replicates (runs that differ only in their seed) or do not change
+# the result: the seed, the split drawn with it, where files came from, progress display and workers
+NOT_CONFIG = ("train.seed", "train.progress", "train.num_workers", "split_params.seed", "split_sha256",
+              "method.trainable_parameters")
+NOT_CONFIG_SUFFIXES = (".source", ".path")  # of "files" records: the sha256 names the content
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts -> {"a.b.c": JSON of the leaf}; lists are leaves."""
+    if isinstance(value, dict) and value:
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: json.dumps(value, sort_keys=True, ensure_ascii=False)}
+
+
+def _not_config(key: str) -> bool:
+    return key in NOT_CONFIG or (key.startswith("files.") and key.endswith(NOT_CONFIG_SUFFIXES))
 MAX_DEPTH = 6  # how deep below a given folder runs are searched
 
 
@@ -74,9 +93,15 @@ class RunRecord:
         return hashlib.sha256(cfg.encode()).hexdigest()[:6]
 
     @property
+    def replicate_config(self) -> dict[str, str]:
+        """The run's whole configuration, flattened to "dotted.key" -> JSON value, less what differs
+        between replicates of one experiment (the seed and what derives from it; see NOT_CONFIG)."""
+        flat = flatten(self.config)
+        return {k: v for k, v in flat.items() if not _not_config(k)}
+
+    @property
     def group_key(self) -> tuple:
-        return (self.method, self.method_config_id, str(self.config.get("dataset")), self.split_kind, self.shots,
-                str(self.config.get("backbone_weights", self.config.get("backbone"))))
+        return (self.method, json.dumps(self.replicate_config, sort_keys=True))
 
     def test_parts(self) -> list[str]:
         return [k for k in (self.metrics or {}) if k.startswith("test") and isinstance(self.metrics[k], dict)]
@@ -115,7 +140,10 @@ def read_run(path: str | Path) -> RunRecord:
 
 def find_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
     """Every results folder (a folder with config.json) at or below `paths`, in path order,
-    each once."""
+    each once; a run's label-shuffled sanity twin (`engine.sanity.TWIN_DIR`) is part of its run,
+    not a run of its own."""
+    from conceptclip.engine.sanity import TWIN_DIR
+
     if not paths:
         raise ConfigError("report: expected at least one run folder")
     found: dict[Path, None] = {}
@@ -126,7 +154,8 @@ def find_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
         if (p / "config.json").is_file():
             found[p.resolve()] = None
             continue
-        hits = sorted(c.parent for c in p.rglob("config.json") if len(c.relative_to(p).parts) <= MAX_DEPTH + 1)
+        hits = sorted(c.parent for c in p.rglob("config.json") if len(c.relative_to(p).parts) <= MAX_DEPTH + 1
+                      and TWIN_DIR not in c.relative_to(p).parts)
         for h in hits:
             found[h.resolve()] = None
     if not found:
@@ -136,7 +165,8 @@ def find_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
 
 def read_predictions(path: Path, classnames: list[str], split_classes: dict[str, list[str]],
                      multilabel: bool) -> dict[str, PartPredictions]:
-    """Parse predictions.csv (`part,id,label,p_<class>...`; multi-label labels are `[i; j]`)."""
+    """Parse predictions.csv (`part,id,label,p_<class>...`, see `engine.predictions`): labels are
+    class names (multi-label: ";"-joined), or class indices in files written before (`[i; j]`)."""
     if not path.is_file():
         return {}
     rows: dict[str, list[list[str]]] = {}
@@ -152,13 +182,25 @@ def read_predictions(path: Path, classnames: list[str], split_classes: dict[str,
         probs = np.array([[float(x) for x in r[3:]] for r in prow], dtype=np.float64)
         if names and probs.shape[1] != len(names):
             names = [f"class {i}" for i in range(probs.shape[1])]
+        index = {n: i for i, n in enumerate(names)}
+
+        def indices(text: str) -> list[int]:
+            parts = [p for p in (text.split(";") if multilabel else [text]) if p != ""]
+            if all(p in index for p in parts):
+                return [index[p] for p in parts]
+            try:  # files written before labels were names: class indices, "2" or "[0; 2]"
+                got = json.loads(text.replace(";", ","))
+                return [int(j) for j in (got if isinstance(got, list) else [got])]
+            except (json.JSONDecodeError, TypeError, ValueError):
+                raise ConfigError(f"{path}: label {text!r} is not one of the classes {names}") from None
+
         if multilabel:
             labels = np.zeros_like(probs, dtype=np.int64)
             for i, r in enumerate(prow):
-                for j in json.loads(r[2].replace(";", ",")):
-                    labels[i, int(j)] = 1
+                for j in indices(r[2]):
+                    labels[i, j] = 1
         else:
-            labels = np.array([int(json.loads(r[2])) for r in prow], dtype=np.int64)
+            labels = np.array([indices(r[2])[0] for r in prow], dtype=np.int64)
         out[part] = PartPredictions([r[1] for r in prow], labels, probs, list(names))
     return out
 
@@ -179,19 +221,24 @@ def format_mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 3
 
 @dataclass
 class RunGroup:
-    """Finished runs that differ only in their seed."""
+    """Finished runs that differ only in their seed (replicates of one configuration)."""
 
     key: tuple
     runs: list[RunRecord]
+    differs: str = ""  # what sets this group apart from others of the same method, split and K
 
     @property
     def method(self) -> str:
         return self.runs[0].method
 
     @property
-    def label(self) -> str:
+    def base_label(self) -> str:
         shots = self.runs[0].shots
         return f"{self.method} · {self.runs[0].split_kind} · K={shots if shots else 'all'}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.base_label} · {self.differs}" if self.differs else self.base_label
 
     @property
     def seeds(self) -> list[int | None]:
@@ -213,12 +260,50 @@ class RunGroup:
         return out
 
 
+def _short(key: str, value: str, limit: int = 40) -> str:
+    name = key.rsplit(".", 1)[-1] if not key.startswith("files.") else key.split(".")[1] + " file"
+    if key.startswith("files."):
+        value = value.strip('"')[:8]
+    elif len(value) > limit:
+        value = value[:limit - 1] + "…"
+    return f"{name}={value}"
+
+
 def group_runs(runs: Sequence[RunRecord]) -> list[RunGroup]:
-    """Finished runs grouped by (method, method config, dataset, split kind, shots, backbone), in
-    first-seen order; each group's runs sorted by seed."""
-    groups: dict[tuple, list[RunRecord]] = {}
+    """Finished runs grouped by their full configuration (less the seed, see `NOT_CONFIG`), in
+    first-seen order, each group's runs sorted by seed. Runs of one configuration with the same seed
+    are not replicates: each repeat opens another group ("copy 2", ...). Groups that would share a
+    label (method, split, K) are labelled by the config keys whose values differ among them."""
+    by_key: dict[tuple, list[list[RunRecord]]] = {}
     for r in runs:
-        if r.finished:
-            groups.setdefault(r.group_key, []).append(r)
-    return [RunGroup(k, sorted(v, key=lambda r: (r.seed is None, r.seed or 0, str(r.path))))
-            for k, v in groups.items()]
+        if not r.finished:
+            continue
+        copies = by_key.setdefault(r.group_key, [[]])
+        for copy in copies:  # the first copy of this configuration that lacks this seed
+            if all(o.seed != r.seed for o in copy):
+                copy.append(r)
+                break
+        else:
+            copies.append([r])
+    groups = [RunGroup(k + (i,), sorted(v, key=lambda r: (r.seed is None, r.seed or 0, str(r.path))))
+              for k, copies in by_key.items() for i, v in enumerate(copies)]
+    by_label: dict[str, list[RunGroup]] = {}
+    for g in groups:
+        by_label.setdefault(g.base_label, []).append(g)
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        configs = [g.runs[0].replicate_config for g in same]
+        keys = sorted({k for c in configs for k in c})
+        differ = [k for k in keys if len({c.get(k, "–") for c in configs}) > 1]
+        # the method's own options first, then training, then the rest
+        differ.sort(key=lambda k: (not k.startswith("method.config."), not k.startswith("train."), k))
+        for g, c in zip(same, configs):
+            g.differs = ", ".join(_short(k, c.get(k, "–")) for k in differ[:4]) + (
+                f" (+{len(differ) - 4} more)" if len(differ) > 4 else "")
+        copies: dict[str, int] = {}
+        for g in same:
+            n = copies[g.label] = copies.get(g.label, 0) + 1
+            if n > 1:
+                g.differs = f"{g.differs}, copy {n}" if g.differs else f"copy {n}"
+    return groups

@@ -46,6 +46,8 @@ figcaption { font-size: 12px; color: var(--muted); max-width: 520px; }
 .maps figure { margin: 0; width: 84px; }
 .maps img { width: 84px; height: 84px; border-radius: 3px; }
 .maps figcaption { font-size: 10.5px; line-height: 1.2; }
+.maps figure.failed { width: 180px; border: 1px solid #b40000; border-radius: 3px; padding: 4px; background: #fff4f4; }
+.sanity-failed { font-size: 10.5px; color: #b40000; margin: 3px 0; }
 .rationale { font-size: 12.5px; margin: 6px 0 0; padding-left: 18px; }
 details { margin: 4px 0; }
 summary { cursor: pointer; color: var(--accent); }
@@ -70,7 +72,8 @@ pre { background: var(--bg); padding: 8px; overflow-x: auto; font-size: 11.5px; 
 <section id="metrics">
 <h2>Test metrics, mean ± std over seeds</h2>
 <p class="note">Runs are grouped by method, method options, dataset, split kind, shots K and backbone; std is the sample
-standard deviation over the group's seeds (0 for one seed). ECE: expected calibration error, 15 equal-width bins.</p>
+standard deviation over the group's seeds (0 for one seed); [low, high] for accuracy and macro AUC: the 95 % bootstrap
+interval of the seed mean, resampling the part's images (1,000 resamples). ECE: expected calibration error, 15 equal-width bins.</p>
 <table>
   <tr><th>group</th><th>dataset</th><th>backbone</th><th>seeds</th><th>part</th><th>n</th>
   {% for m in metric_names %}<th>{{ m }}</th>{% endfor %}</tr>
@@ -89,6 +92,7 @@ standard deviation over the group's seeds (0 for one seed). ECE: expected calibr
 <h2>Few-shot</h2>
 <p class="note">{{ fewshot.source }}</p>
 <div class="figs"><figure><img alt="few-shot accuracy against shots" src="{{ fewshot.plot }}"><figcaption>Test accuracy (%) against K shots per class, mean ± std over seeds.</figcaption></figure></div>
+<p class="note">Cells: test accuracy (%), mean ± std over seeds [95 % bootstrap interval of the seed mean, resampling the test images].</p>
 <table>
   <tr><th>method</th>{% for k in fewshot.shots %}<th>K={{ k }}</th>{% endfor %}</tr>
   {% for row in fewshot.rows %}<tr><td>{{ row.method }}</td>{% for v in row.cells %}<td class="num">{{ v }}</td>{% endfor %}</tr>{% endfor %}
@@ -141,7 +145,7 @@ standard deviation over the group's seeds (0 for one seed). ECE: expected calibr
   {% if c.concepts %}<div class="bars">{% for b in c.concepts %}
   <div class="bar" title="{{ b.name }}: {{ '%.4f'|format(b.score) }}"><span class="name">{{ b.name }}</span><span class="track"><span class="fill" style="display:block;width:{{ (100 * b.bar)|round(1) }}%"></span></span><span class="mono">{{ '%.3f'|format(b.score) }}</span></div>
   {% endfor %}</div>{% endif %}
-  <div class="maps">{% for m in c.maps %}<figure><img alt="{{ m.title }}" src="{{ m.src }}"><figcaption>{{ m.title }}</figcaption></figure>{% endfor %}</div>
+  <div class="maps">{% for m in c.maps %}{% if m.failed %}<figure class="failed"><figcaption>{{ m.title }}</figcaption><div class="sanity-failed">{{ m.sanity_text }}</div><details><summary>show the map anyway</summary><img alt="{{ m.title }}" src="{{ m.src }}"></details></figure>{% else %}<figure><img alt="{{ m.title }}" src="{{ m.src }}" title="{{ m.sanity_text }}"><figcaption>{{ m.title }}</figcaption></figure>{% endif %}{% endfor %}</div>
   <ul class="rationale">{% for line in c.rationale %}<li>{{ line }}</li>{% endfor %}</ul>
 </div>
 {% endfor %}
@@ -155,9 +159,9 @@ standard deviation over the group's seeds (0 for one seed). ECE: expected calibr
 <p class="note">Every results folder read, with the sha256 of the split manifest it trained and tested on (split.json) and the
 fingerprint of the dataset (ids, files, labels) at training time.</p>
 <table>
-<tr><th>run</th><th>method</th><th>seed</th><th>split</th><th>split sha256</th><th>dataset (fingerprint)</th><th>backbone (weights)</th><th>fit s</th><th>best epoch</th><th>config</th></tr>
+<tr><th>run</th><th>method</th><th>seed</th><th>split</th><th>split sha256</th><th>dataset (fingerprint)</th><th>backbone (weights)</th><th>fit s</th><th>tested epoch</th><th>config</th></tr>
 {% for r in run_rows %}
-<tr><td class="mono">{{ r.path }}{% if not r.finished %} <span class="warn">(unfinished)</span>{% endif %}</td><td>{{ r.method }}</td><td class="num">{{ r.seed }}</td>
+<tr><td class="mono">{{ r.path }}{% if not r.finished %} <span class="warn">(unfinished)</span>{% endif %}{% for p in r.problems %}<br><span class="warn">incomplete: {{ p }}</span>{% endfor %}</td><td>{{ r.method }}</td><td class="num">{{ r.seed }}</td>
 <td>{{ r.split }}</td><td class="mono" title="{{ r.split_sha }}">{{ r.split_sha[:16] }}{% if r.split_ok is false %} <span class="warn">(split.json differs!)</span>{% endif %}</td>
 <td>{{ r.dataset }} <span class="mono">({{ r.fingerprint }})</span></td><td class="mono">{{ r.backbone }} ({{ r.weights }})</td>
 <td class="num">{{ r.fit }}</td><td class="num">{{ r.best_epoch }}</td>

@@ -126,7 +126,8 @@ def explanation_json(result: Any, top_k: int) -> dict[str, Any]:
             "probabilities": [{"class": c, "p": p} for c, p in probs],
             "concept_kind": result.concept_kind,
             "concepts": result.top_concepts(top_k),
-            "maps": [{"name": m.name, "title": m.title, "data_url": png_data_url(m.image)} for m in result.maps],
+            "maps": [{"name": m.name, "title": m.title, "data_url": png_data_url(m.image), "failed": m.failed,
+                      "sanity": m.sanity, "sanity_text": m.sanity_text} for m in result.maps],
             "image": png_data_url(result.shown),
             "rationale": result.rationale}
 

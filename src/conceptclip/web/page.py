@@ -42,6 +42,9 @@ h2 { font-size: 15px; margin: 0 0 8px; }
 #maps figure { margin: 0; width: 200px; }
 #maps img { width: 200px; height: 200px; border-radius: 4px; }
 #maps figcaption { font-size: 12px; color: var(--muted); }
+#maps figure.failed { border: 1px solid #b40000; border-radius: 4px; padding: 6px; background: #fff4f4; }
+.sanity-failed { font-size: 12px; color: #b40000; margin: 4px 0; }
+.sanity-ok { font-size: 11px; color: var(--muted); margin-top: 2px; }
 #rationale { margin: 0; padding-left: 20px; }
 .note { color: var(--muted); font-size: 12.5px; }
 </style>
@@ -112,7 +115,16 @@ function show(doc) {
     const fig = document.createElement("figure"); const img = document.createElement("img");
     img.className = "heatmap"; img.src = m.data_url; img.alt = m.title;
     const cap = document.createElement("figcaption"); cap.textContent = m.title;
-    fig.append(img, cap); return fig;
+    if (!m.failed) {
+      if (m.sanity_text) { const ok = document.createElement("div"); ok.className = "sanity-ok"; ok.textContent = m.sanity_text; cap.append(ok); }
+      fig.append(img, cap); return fig;
+    }
+    // a map that fails its sanity check is not shown as an explanation: the reason first, the map on request
+    fig.className = "failed";
+    const warn = document.createElement("div"); warn.className = "sanity-failed"; warn.textContent = m.sanity_text;
+    const more = document.createElement("details"); const sum = document.createElement("summary");
+    sum.textContent = "show the map anyway"; more.append(sum, img);
+    fig.append(cap, warn, more); return fig;
   }));
   $("rationale").replaceChildren(...doc.rationale.map(line => { const li = document.createElement("li"); li.textContent = line; return li; }));
   $("result").style.display = "block";
