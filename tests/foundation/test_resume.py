@@ -33,7 +33,8 @@ def _part(n: int, dim: int, seed: int) -> Part:
 
 def _cfg(**kw) -> TrainConfig:
     # warm-up + cosine: the lr differs every epoch; SGD momentum: the optimiser state matters on resume
-    return TrainConfig(**{"epochs": EPOCHS, "lr": 0.05, "batch_size": 8, "progress": False, **kw})
+    # select="val": the best validation epoch is kept, so the best state and the LAST state both matter
+    return TrainConfig(**{"epochs": EPOCHS, "lr": 0.05, "batch_size": 8, "progress": False, "select": "val", **kw})
 
 
 def _coop(tiny_clip):
