@@ -372,26 +372,33 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {' '.join(str(message).split())}\n"
 
 
-def main() -> None:
+def _click_exception() -> type:
+    """ClickException of the click that typer uses (recent typer vendors its own copy of click)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """The console entry point. Exit codes: 0 success; 2 a usage error (click's usage message) or a
+    documented error (one line `error: ...` on stderr); 130 Ctrl-C; anything else is a bug (traceback)."""
     import warnings
 
     warnings.formatwarning = _one_line_warning
+    click_exc = _click_exception()
     try:
-        app(standalone_mode=False)
+        rc = app(args=argv, prog_name="conceptclip", standalone_mode=False)
     except ConceptClipError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (typer.Exit, SystemExit) as exc:
-        raise exc
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    except click_exc as exc:  # usage errors: "Usage: ... Error: No such option ..." and exit code 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        print("Aborted.", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    # without standalone mode typer returns the exit code of typer.Exit (130 for Ctrl-C) instead of exiting
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@
 4. melanoma-vs-rest AUC, 3-class accuracy and macro AUC, mean ± std over seeds.
 
 Re-running continues: finished runs are reused, an interrupted one resumes from its checkpoint.
+The folder is marked as a demo folder (`.conceptclip-run`); `--overwrite` replaces only such a folder,
+and only after the options validated (the old one is restored when the new demo fails).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from conceptclip.errors import ConfigError
 from conceptclip.io import write_json, write_text
 
 DEMO_METHODS = ("zeroshot", "linear_probe", "coop")
@@ -48,23 +51,36 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 def run_demo(out: str | Path = "runs/demo", *, shots: int = 16, seeds: Sequence[int] = (1, 2, 3), epochs: int = 50,
              align_epochs: int = 300, overwrite: bool = False, align_on: str = "train",
              log: Callable[[str], None] = print) -> dict:
-    import shutil
-
-    from conceptclip.errors import ConfigError
-
-    from conceptclip.backbones.align import AlignConfig, align
-    from conceptclip.backbones.lite import LiteBackbone
-    from conceptclip.data import FeatureCache, fewshot_split, holdout_split, load_dataset, write_split
-    from conceptclip.engine import run_experiment
+    from conceptclip.data import load_dataset
+    from conceptclip.engine.run import check_run_dir, claim_run_dir, is_results_folder
 
     if align_on not in ALIGN_ON:
         raise ConfigError(f"--align-on {align_on!r}: expected one of {ALIGN_ON}")
     t0 = time.perf_counter()
     out = Path(out)
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if shots < 1 or not seeds or epochs < 0 or align_epochs < 0:
+        raise ConfigError(f"demo: shots={shots}, seeds={list(seeds)}, epochs={epochs}, align_epochs={align_epochs}: "
+                          "expected shots >= 1, at least one seed and non-negative epochs")
+    if overwrite or (out.exists() and not out.is_dir()):
+        mode = check_run_dir(out, overwrite=overwrite, kind="demo")  # a file, or --overwrite of a non-demo folder: refused
+    elif out.is_dir() and any(out.iterdir()):
+        if not (is_results_folder(out, "demo") or (out / "pools.json").is_file()):
+            raise ConfigError(f"{out}: exists and is not a conceptclip demo folder; choose another --out")
+        mode = "resume"  # re-running continues
+    else:
+        mode = "new"
     dataset = load_dataset("ph2")
+    with claim_run_dir(out, mode, kind="demo", keep=lambda p: (p / "lite_heads.safetensors").exists()):
+        return _demo_in(out, dataset, shots, seeds, epochs, align_epochs, align_on, log, t0)
+
+
+def _demo_in(out: Path, dataset, shots: int, seeds: Sequence[int], epochs: int, align_epochs: int, align_on: str,
+             log: Callable[[str], None], t0: float) -> dict:
+    from conceptclip.backbones.align import AlignConfig, align
+    from conceptclip.backbones.lite import LiteBackbone
+    from conceptclip.data import FeatureCache, fewshot_split, holdout_split, write_split
+    from conceptclip.engine import run_experiment
+
     pools = holdout_split(dataset, align=DISJOINT_ALIGN_FRACTION if align_on == "disjoint" else 0.0)
     old_pools = out / "pools.json"
     if old_pools.is_file() and json.loads(old_pools.read_text(encoding="utf-8")).get("params") != pools.params:

@@ -33,11 +33,30 @@ def remove_orphaned_temps(path: Path) -> list[Path]:
     return removed
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()  # read once: os.umask can only be read by setting it, which is not thread-safe
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a new file gets from open() under the process umask (0644 under umask 022); a file
+    that already exists keeps its mode."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temp file beside `path`, fsync it, then rename it over `path`.
 
     The temp file's name carries the writer's pid, so the next write of `path` removes the temp a
-    killed writer left behind."""
+    killed writer left behind. The file gets the permissions of a plainly created one (mkstemp's
+    temp files are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_orphaned_temps(path)
@@ -46,6 +65,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, _file_mode(path))
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)

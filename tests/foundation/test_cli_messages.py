@@ -43,7 +43,9 @@ def test_warnings_print_as_one_clean_line(monkeypatch):
 
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
     monkeypatch.setattr(sys, "argv", ["conceptclip", "methods"])
-    cli.main()
+    with pytest.raises(SystemExit) as exc:  # main() exits with the command's code (0: success)
+        cli.main()
+    assert exc.value.code == 0
     assert warnings.formatwarning is cli._one_line_warning
     text = warnings.formatwarning("backbone 'lite' without aligned heads: image and text spaces are not aligned\n"
                                   "   yet; run `conceptclip align`", UserWarning, "/x/conceptclip/backbones/lite.py", 217,

@@ -117,6 +117,13 @@ def test_feature_cache_hits_and_recovers_from_corruption(image_folder, tiny_clip
     files[0].write_bytes(b"garbage")  # a corrupt entry is recomputed, never trusted
     third = cache.image_features(tiny_clip, ds, patches=True)
     assert torch.allclose(third["global"], first["global"]) and cache.misses == 2
+    # a valid safetensors file of the wrong size (5 rows for 30 images) is recomputed too
+    from conceptclip.io import load_tensors, save_tensors
+
+    save_tensors(files[0], {k: v[:5] for k, v in third.items()})
+    fourth = cache.image_features(tiny_clip, ds, patches=True)
+    assert fourth["global"].shape[0] == 30 and torch.allclose(fourth["global"], first["global"]) and cache.misses == 3
+    assert load_tensors(files[0])["global"].shape[0] == 30  # the entry is rewritten whole
 
 
 @pytest.mark.shared_data

@@ -81,7 +81,7 @@ def test_fit_tests_the_final_epoch_by_default(tiny_clip):
 SCRIPT = textwrap.dedent("""
     import os, signal, sys, torch
     from conceptclip.backbones import create_backbone
-    from conceptclip.engine import TrainConfig, fit
+    from conceptclip.engine import TrainConfig, fit, predict
     from conceptclip.engine.data import Part
     from conceptclip.io import save_tensors
     from conceptclip.methods import create_method
@@ -89,7 +89,7 @@ SCRIPT = textwrap.dedent("""
     bb = create_backbone("tiny-clip")
     g = torch.Generator().manual_seed(0)
     y = torch.arange(3).repeat(10)
-    x = torch.randn(3, bb.embed_dim, generator=g)[y] + 0.5 * torch.randn(30, bb.embed_dim, generator=g)
+    x = torch.randn(3, bb.embed_dim, generator=g)[y] + 1.5 * torch.randn(30, bb.embed_dim, generator=g)
     part = Part([str(i) for i in range(30)], y, tensors={"features": x, "labels": y, "index": torch.arange(30)})
     torch.manual_seed(0)  # the context initialisation
     m = create_method("coop", bb, ["cat", "dog", "fish"], {"n_ctx": 4})
@@ -100,8 +100,9 @@ SCRIPT = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
     m.on_train_step_end = step_end
     r = fit(m, part, part, TrainConfig(epochs=6, lr=0.05, batch_size=8, progress=False), checkpoint=ckpt)
-    save_tensors(out, m.learned_state())
-    print("resumed_from", r.resumed_from)
+    # the selected state and its predictions (probabilities on the part)
+    save_tensors(out, {**m.learned_state(), "probs": predict(m, part)})
+    print("resumed_from", r.resumed_from, "best_epoch", r.best_epoch, "best_score", r.best_score)
 """)
 
 
@@ -113,7 +114,9 @@ def _run(tmp_path: Path, name: str, kill_at: int) -> subprocess.CompletedProcess
 
 
 def test_sigkill_mid_training_resumes_to_identical_weights(tmp_path):
-    kill_at = random.Random().randint(5, 19)  # 4 steps per epoch x 6 epochs: kill somewhere inside
+    """SIGKILL inside an epoch (a seeded step), then a resume: the same LAST state, optimiser state,
+    best state, history, selection and predictions as a run never killed."""
+    kill_at = random.Random(18).randint(5, 19)  # 4 steps per epoch x 6 epochs: somewhere inside, reproducibly
     ref = _run(tmp_path, "ref", kill_at=-1)
     assert ref.returncode == 0, ref.stderr
     killed = _run(tmp_path, "cut", kill_at=kill_at)
@@ -124,8 +127,17 @@ def test_sigkill_mid_training_resumes_to_identical_weights(tmp_path):
     resumed = _run(tmp_path, "cut", kill_at=-1)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed_from {state['epoch']}" in resumed.stdout
+    # selection and predictions
+    assert ref.stdout.split("best_epoch")[1] == resumed.stdout.split("best_epoch")[1]
     a, b = load_tensors(tmp_path / "ref.out"), load_tensors(tmp_path / "cut.out")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the LAST state, optimiser state and history of the final checkpoints
+    last_ref, last_cut = load_checkpoint(tmp_path / "ref.ckpt"), load_checkpoint(tmp_path / "cut.ckpt")
+    assert last_ref["epoch"] == last_cut["epoch"] == 5 and last_ref["history"] == last_cut["history"]
+    for key in ("method_state", "best_state"):
+        assert all(torch.equal(last_ref[key][k], last_cut[key][k]) for k in last_ref[key])
+    opt_ref, opt_cut = last_ref["optimizer_state"]["state"], last_cut["optimizer_state"]["state"]
+    assert all(torch.equal(opt_ref[p][k], opt_cut[p][k]) for p in opt_ref for k in opt_ref[p])
 
 
 def test_run_experiment_results_folder_and_reload(image_folder, tiny_clip, tmp_path):

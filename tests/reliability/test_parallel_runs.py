@@ -76,7 +76,12 @@ def test_two_processes_same_cache_key(tmp_path, image_folder):
 
 
 def _fill(folder: Path) -> dict[str, bytes]:
+    """A finished results folder as conceptclip writes it (marker, config.json, ...)."""
+    from conceptclip.engine.run import RUN_MARKER
+
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_MARKER).write_text('{"kind": "run", "format": 1}')
+    (folder / "config.json").write_text('{"method": {"method": "zeroshot"}}')
     (folder / "metrics.json").write_text('{"test": {"accuracy": 0.9}}')
     (folder / "model.safetensors").write_bytes(b"weights")
     return {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -93,7 +98,14 @@ def test_results_folder_never_overwritten_unless_asked(tmp_path):
     (run / "metrics.json").unlink()  # an interrupted run: resume keeps every file
     kept = {p.name: p.read_bytes() for p in run.iterdir()}
     assert prepare_run_dir(run, resume=True) == run and {p.name: p.read_bytes() for p in run.iterdir()} == kept
-    assert prepare_run_dir(run, overwrite=True) == run and list(run.iterdir()) == []  # asked: replaced
+    assert prepare_run_dir(run, overwrite=True) == run  # asked: replaced (a fresh folder holding its marker)
+    assert [p.name for p in run.iterdir()] == [".conceptclip-run"]
+    other = tmp_path / "other"  # a folder conceptclip did not make is never replaced
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not a conceptclip run folder"):
+        prepare_run_dir(other, overwrite=True)
+    assert [p.name for p in other.iterdir()] == ["config.json"]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert prepare_run_dir(empty) == empty  # an empty folder is not a run

@@ -148,9 +148,11 @@ def run_protocol(protocol: str, dataset_spec: str, methods: Sequence[str], shots
     for m in methods:
         get_method_class(m)  # unknown names fail before anything runs
     out = Path(out)
-    if overwrite and (out / protocol).exists():
-        shutil.rmtree(out / protocol)
-    out.mkdir(parents=True, exist_ok=True)
+    if overwrite and (out / protocol).exists() and not (out / protocol / "settings.json").is_file():
+        raise ConfigError(f"{out / protocol}: not a conceptclip bench folder (settings.json missing); "
+                          "--overwrite replaces only folders conceptclip made")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; --out expects a folder")
     dataset = load_dataset(dataset_spec)
     if protocol == "base2novel":
         n_novel = len(dataset.classnames) - -(-len(dataset.classnames) // 2)
@@ -167,6 +169,9 @@ def run_protocol(protocol: str, dataset_spec: str, methods: Sequence[str], shots
                              method_options={m: method_options(dataset.name, m, method_overrides) for m in methods},
                              train_options=dict(train_options or {}), align_epochs=align_epochs)
     pools = holdout_split(dataset, settings.pools["train"], settings.pools["val"], int(settings.pools["seed"]))
+    if overwrite and (out / protocol).exists():  # after every option validated
+        shutil.rmtree(out / protocol)
+    out.mkdir(parents=True, exist_ok=True)
     write_split(pools, out / "pools.json")
     cache = cache or FeatureCache()
     (out / protocol).mkdir(exist_ok=True)

@@ -49,10 +49,13 @@ class FeatureCache:
                 if path.exists():
                     try:
                         out = load_tensors(path)
+                    except CheckpointError:
+                        out = None
+                    # a corrupt entry, or a valid file of another size (e.g. copied over), is recomputed, never trusted
+                    if out and all(v.ndim >= 1 and v.shape[0] == len(samples) for v in out.values()):
                         self.hits += 1
                         return out
-                    except CheckpointError:
-                        path.unlink(missing_ok=True)  # a corrupt cache entry is recomputed, never trusted
+                    path.unlink(missing_ok=True)
                 out = self._compute(samples, encode, preprocess, batch_size, desc, device, num_workers, keyed_augment)
                 save_tensors(path, out)
                 self.misses += 1

@@ -37,7 +37,9 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save_checkpoint(path: str | Path, *, method_state: dict, optimizer_state: dict | None, epoch: int,
-                    best_state: dict | None, best_score: float | None, history: list[dict]) -> Path:
+                    best_state: dict | None, best_score: float | None, history: list[dict],
+                    train_config: dict | None = None) -> Path:
+    """`train_config` (the TrainConfig as a dict) lets a resume refuse a different configuration."""
     tensors = {f"model.{k}": v for k, v in method_state.items()}
     if best_state is not None:
         tensors.update({f"best.{k}": v for k, v in best_state.items()})
@@ -47,12 +49,13 @@ def save_checkpoint(path: str | Path, *, method_state: dict, optimizer_state: di
         tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {"format": "conceptclip-checkpoint-1", "epoch": epoch, "best_score": best_score,
-            "optimizer": opt_meta, "history": history}
+            "optimizer": opt_meta, "history": history, "train_config": train_config}
     return save_tensors(path, tensors, metadata={"conceptclip": json.dumps(meta)})
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """-> {"method_state", "best_state", "optimizer_state", "epoch", "best_score", "history", "rng"}."""
+    """-> {"method_state", "best_state", "optimizer_state", "epoch", "best_score", "history", "rng",
+    "train_config"} (train_config None in checkpoints written before it was recorded)."""
     from safetensors import safe_open
 
     tensors = load_tensors(path)
@@ -62,13 +65,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except (KeyError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not a conceptclip training checkpoint (missing metadata: {exc})") from None
     if (not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int) or not isinstance(meta.get("history"), list)
-            or not isinstance(meta.get("best_score", 0.0), (int, float, type(None)))
-            or not isinstance(meta.get("optimizer"), (dict, type(None)))):
+            or not isinstance(meta.get("best_score"), (int, float, type(None)))
+            or not isinstance(meta.get("optimizer"), (dict, type(None)))
+            or not isinstance(meta.get("train_config"), (dict, type(None)))):
         raise CheckpointError(f"{path}: not a conceptclip training checkpoint (metadata needs an integer 'epoch', "
-                              "a 'history' list, a numeric 'best_score' and an 'optimizer' object or null)")
+                              "a 'history' list, a numeric 'best_score', an 'optimizer' object or null and a 'train_config' object or null)")
     out: dict[str, Any] = {"method_state": {}, "best_state": {}, "epoch": meta["epoch"],
                            "best_score": meta.get("best_score"), "history": meta["history"],
-                           "rng": tensors.get("rng.torch")}
+                           "rng": tensors.get("rng.torch"), "train_config": meta.get("train_config")}
     opt = {}
     for k, v in tensors.items():
         if k.startswith("model."):
@@ -82,6 +86,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: optimizer state is malformed ({type(exc).__name__}: {exc})") from None
     return out
+
+
+def checkpoint_epoch(path: str | Path) -> int:
+    """The last finished epoch recorded in a training checkpoint."""
+    return load_checkpoint(path)["epoch"]
 
 
 def load_method_weights(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

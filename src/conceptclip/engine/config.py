@@ -9,6 +9,11 @@ from typing import Any
 from conceptclip.errors import ConfigError
 
 
+# Training options a resumed run may change (recorded in config.json's "resumed"): more or fewer
+# epochs, and options that do not change the numbers. Any other difference is refused on resume.
+RESUME_CHANGEABLE = frozenset({"epochs", "progress", "num_workers", "accelerator"})
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 50
@@ -37,16 +42,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "TrainConfig":
-        values = dict(values or {})
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ConfigError(f"train config: unknown option(s) {unknown}; expected some of {sorted(names)}")
-        cfg = cls(**values)
+        """The config of `values` (e.g. parsed `--train KEY=VALUE` options): unknown keys and values not of
+        the field's type (lr=fast, epochs=1.5, epochs=null) are one-line ConfigErrors."""
+        from conceptclip.methods.base import build_config
+
+        cfg = build_config(cls, values, what="train config: ")
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
+        from conceptclip.methods.base import build_config
+
+        build_config(type(self), dataclasses.asdict(self), what="train config: ")  # the field types
         checks = [
             (self.epochs >= 0, "epochs", "a non-negative integer"),
             (self.batch_size >= 1, "batch_size", "a positive integer"),
@@ -62,6 +69,11 @@ class TrainConfig:
             (0 <= self.warmup_epochs, "warmup_epochs", "a non-negative integer"),
             (self.augment_views >= 0, "augment_views", "a non-negative integer"),
             (self.num_workers >= 0, "num_workers", "a non-negative integer"),
+            (self.eval_every >= 1, "eval_every", "a positive integer"),
+            (self.max_grad_norm >= 0, "max_grad_norm", "a non-negative number (0: no clipping)"),
+            (self.momentum >= 0 and self.weight_decay >= 0 and self.warmup_lr >= 0,
+             "momentum" if self.momentum < 0 else "weight_decay" if self.weight_decay < 0 else "warmup_lr",
+             "a non-negative number"),
         ]
         for ok, name, expected in checks:
             if not ok:

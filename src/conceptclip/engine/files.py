@@ -45,9 +45,12 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:80] or "file"
 
 
-def bundle_files(config: dict[str, Any], out: Path, prefix: str = "method") -> tuple[dict[str, Any], dict[str, dict]]:
+def bundle_files(config: dict[str, Any], out: Path, prefix: str = "method",
+                 copy: bool = True) -> tuple[dict[str, Any], dict[str, dict]]:
     """Copy every file that a (nested) string of `config` names into `out/files/`; return the config
-    with those strings replaced by the copies' run-relative paths, and the "files" records."""
+    with those strings replaced by the copies' run-relative paths, and the "files" records. With
+    `copy=False` nothing is written: the same result, the hashes read from the sources (what a run
+    validates before it creates its folder)."""
     records: dict[str, dict] = {}
 
     def walk(value: Any, key: str) -> Any:
@@ -58,9 +61,10 @@ def bundle_files(config: dict[str, Any], out: Path, prefix: str = "method") -> t
         if _is_file(value):
             src = Path(value).resolve()
             rel = f"{FILES_DIR}/{_safe(key.split('.', 1)[-1])}-{_safe(src.name)}"
-            (out / FILES_DIR).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, out / rel)
-            records[key] = {"path": rel, "sha256": sha256_file(out / rel), "source": str(src)}
+            if copy:
+                (out / FILES_DIR).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, out / rel)
+            records[key] = {"path": rel, "sha256": sha256_file(out / rel if copy else src), "source": str(src)}
             return rel
         return value
 

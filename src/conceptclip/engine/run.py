@@ -8,25 +8,32 @@
       history.jsonl      one line per epoch (loss terms, lr, validation metric)
       predictions.csv    per test image: part, id, true label (class name), p_<class> (engine.predictions)
       metrics.json       test metrics (written last: its presence marks a finished run)
+      .conceptclip-run   marker: this folder was made by conceptclip (with config.json, what --overwrite may replace)
+
+Nothing is created before the options are validated; a run that fails before its first checkpoint
+removes the folder it created, and `--overwrite` moves the old folder aside until the new run
+finished (restoring it when the new run fails).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
 from conceptclip.data.dataset import Dataset
 from conceptclip.data.feature_cache import FeatureCache
 from conceptclip.data.splits import Split, write_split
-from conceptclip.engine.config import TrainConfig
+from conceptclip.engine.config import RESUME_CHANGEABLE, TrainConfig
 from conceptclip.engine.data import build_parts
 from conceptclip.engine.evaluate import classification_metrics, predict
-from conceptclip.engine.files import bundle_files, record_file
+from conceptclip.engine.files import bundle_files, sha256_file
 from conceptclip.engine.predictions import labelled_rows, write_labelled
 from conceptclip.engine.trainer import fit, make_fabric, seed_everything
 from conceptclip.errors import ConfigError
@@ -34,31 +41,151 @@ from conceptclip.io import save_tensors, write_json, write_text
 from conceptclip.methods import create_method
 
 
-def prepare_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create the results folder; never overwrite an existing one unless asked."""
+RUN_MARKER = ".conceptclip-run"
+
+
+def is_results_folder(path: str | Path, kind: str = "run") -> bool:
+    """Whether `path` is a folder conceptclip made: its RUN_MARKER names `kind` ("run": a results folder,
+    which also holds config.json; "demo": a demo folder)."""
+    path = Path(path)
+    try:
+        doc = json.loads((path / RUN_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("kind") == kind and (kind != "run" or (path / "config.json").is_file())
+
+
+def check_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False, kind: str = "run") -> str:
+    """What `out` allows, touching nothing: "new" (absent or empty), "resume" or "replace"; else a ConfigError.
+    `overwrite` only ever replaces a folder conceptclip recognises as its own (`is_results_folder`)."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif resume:
-            if (out / "metrics.json").exists():
-                raise ConfigError(f"{out}: this run already finished (metrics.json exists); use --overwrite to redo it")
-            return out
-        else:
-            raise ConfigError(f"{out}: results folder already exists; pass --resume to continue it or "
-                              "--overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; -o/--out expects a results folder")
+    if not out.exists() or all(p.name == RUN_MARKER for p in out.iterdir()):
+        return "new"  # absent, empty, or claimed by a run killed before it wrote anything
+    if overwrite:
+        if not is_results_folder(out, kind):
+            raise ConfigError(f"{out}: not a conceptclip {kind} folder (no {RUN_MARKER} marker"
+                              f"{' and config.json' if kind == 'run' else ''}); --overwrite replaces only folders "
+                              "conceptclip made: choose another -o or remove it yourself")
+        return "replace"
+    if resume:
+        if (out / "metrics.json").exists():
+            raise ConfigError(f"{out}: this run already finished (metrics.json exists); use --overwrite to redo it")
+        if not (out / "config.json").is_file():
+            raise ConfigError(f"{out}: not a conceptclip results folder (config.json missing); nothing to resume")
+        return "resume"
+    raise ConfigError(f"{out}: results folder already exists; pass --resume to continue it or "
+                      "--overwrite to replace it")
+
+
+@contextlib.contextmanager
+def claim_run_dir(out: str | Path, mode: str, kind: str = "run",
+                  keep: Callable[[Path], bool] = lambda p: (p / "checkpoint.safetensors").exists()) -> Iterator[Path]:
+    """Create (mode "new"), continue ("resume") or replace ("replace") the results folder `out` for the
+    `with` body. "replace" moves the old folder aside and deletes it only when the body succeeded.
+    When the body fails: a replaced folder is restored; a folder this call created is removed unless
+    `keep(out)` (by default: it holds a checkpoint that --resume can continue)."""
+    out = Path(out)
+    full = out.resolve()
+    aside = None
+    created = mode != "resume"
+    empty_before = out.is_dir()
+    if mode == "replace":
+        aside = full.with_name(f".{full.name}.replaced-{os.getpid()}")
+        os.replace(full, aside)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if aside is not None:
+            os.replace(aside, full)
+        raise ConfigError(f"{out}: cannot create the results folder ({exc.strerror or exc})") from None
+    if not (out / RUN_MARKER).exists():
+        write_json(out / RUN_MARKER, {"kind": kind, "format": 1})
+    try:
+        yield out
+    except BaseException:
+        if aside is not None:
+            shutil.rmtree(full, ignore_errors=True)
+            os.replace(aside, full)
+        elif created and not keep(out):
+            shutil.rmtree(out, ignore_errors=True)
+            if empty_before:
+                out.mkdir(exist_ok=True)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def prepare_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create the results folder; never overwrite an existing one unless asked, and then only one
+    conceptclip made (`check_run_dir`). Prefer `check_run_dir` + `claim_run_dir`, which also clean up."""
+    out = Path(out)
+    mode = check_run_dir(out, overwrite=overwrite, resume=resume)
+    if mode == "replace":
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / RUN_MARKER).exists():
+        write_json(out / RUN_MARKER, {"kind": "run", "format": 1})
     return out
+
+
+def _flat(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in doc.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_config(out: Path, config: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """The config.json of a resumed run: refused (naming the keys) when it differs from the run's
+    config.json beyond RESUME_CHANGEABLE training options or asks for fewer epochs than the
+    checkpoint finished; allowed changes are recorded under "resumed" (from which epoch, old -> new)."""
+    from conceptclip.engine.checkpoint import checkpoint_epoch
+
+    path = out / "config.json"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the run's config to resume it ({exc})") from None
+    new = json.loads(json.dumps(config))
+    a, b = _flat({k: v for k, v in old.items() if k != "resumed"}), _flat(new)
+    missing = object()
+    differ = {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
+              if a.get(k, missing) != b.get(k, missing)}
+    show = lambda v: "(absent)" if v is missing else json.dumps(v)  # noqa: E731
+    refused = [k for k in differ if not (k.startswith("train.") and k[6:] in RESUME_CHANGEABLE)]
+    if refused:
+        raise ConfigError(f"{out}: --resume with options that differ from the run's config.json ("
+                          + "; ".join(f"{k} {show(differ[k][0])} -> {show(differ[k][1])}" for k in refused)
+                          + "); resume with the same options, or start a new run (another -o, or --overwrite)")
+    ckpt = out / "checkpoint.safetensors"
+    done = checkpoint_epoch(ckpt) + 1 if ckpt.exists() else 0
+    if done > cfg.epochs:
+        raise ConfigError(f"{out}: --resume with epochs={cfg.epochs}, but the checkpoint has {done} finished epochs; "
+                          f"expected epochs >= {done}")
+    new["resumed"] = list(old.get("resumed") or [])
+    if differ:
+        new["resumed"].append({"from_epoch": done, "changed": {k[6:]: {"from": differ[k][0], "to": differ[k][1]}
+                                                                for k in differ}})
+    return new
 
 
 def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, out: str | Path, *,
                    method_config: dict[str, Any] | None = None, train_config: dict[str, Any] | None = None,
                    overwrite: bool = False, resume: bool = False, cache: FeatureCache | None = None,
                    method_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train `method_name` on `split.parts["train"]`, select on "val", test once on every test part."""
-    out = prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    """Train `method_name` on `split.parts["train"]`, select on "val", test once on every test part.
+
+    Every option is validated before `out` is touched; see `claim_run_dir` for what a failure leaves."""
+    out = Path(out)
+    mode = check_run_dir(out, overwrite=overwrite, resume=resume)
     cache = cache or FeatureCache()
-    write_split(split, out / "split.json")
     classnames = dataset.classnames
     if split.classes.get("base"):
         classnames = split.classes["base"]
@@ -71,19 +198,35 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
     cfg = TrainConfig.from_dict({**method.train_defaults_for(split.params.get("shots")), **(train_config or {})})
     backbone_spec = backbone.name
     # a self-contained folder: files named by the method's options and the aligned lite heads are
-    # copied into it, with their sha256 (engine.files)
+    # copied into it, with their sha256 (engine.files); copied once the folder is claimed
     described = method.describe()
-    described["config"], files = bundle_files(described.get("config", {}), out)
+    raw_method_config = described.get("config", {})
+    described["config"], files = bundle_files(raw_method_config, out, copy=False)
     heads = getattr(backbone, "heads_path", None)
     if heads:
-        shutil.copyfile(heads, out / "lite_heads.safetensors")
         backbone_spec = "lite:lite_heads.safetensors"
-        files["backbone"] = record_file(out, "lite_heads.safetensors", heads)
+        files["backbone"] = {"path": "lite_heads.safetensors", "sha256": sha256_file(heads),
+                             "source": str(Path(heads).resolve())}
     config = {"method": described, "train": dataclasses.asdict(cfg), "backbone": backbone_spec, "files": files,
               "classnames": list(classnames), "template": dataset.template, "multilabel": dataset.multilabel,
               "backbone_weights": backbone.weights_id(), "dataset": dataset.name,
               "dataset_fingerprint": dataset.fingerprint(), "split_sha256": split.sha256(), "split_kind": split.kind,
               "split_params": split.params}
+    if mode == "resume":
+        config = resume_config(out, config, cfg)
+    with claim_run_dir(out, mode) as out:
+        return _run_in(out, method, method_name, dataset, split, backbone, cfg, config, cache, heads,
+                       raw_method_config, method_config, method_kwargs)
+
+
+def _run_in(out: Path, method, method_name: str, dataset: Dataset, split: Split, backbone, cfg: TrainConfig,
+            config: dict[str, Any], cache: FeatureCache, heads, raw_method_config, method_config,
+            method_kwargs) -> dict[str, Any]:
+    """The part of `run_experiment` that writes into the (claimed) results folder."""
+    write_split(split, out / "split.json")
+    bundle_files(raw_method_config, out)
+    if heads:
+        shutil.copyfile(heads, out / "lite_heads.safetensors")
     write_json(out / "config.json", config)
 
     parts = build_parts(dataset, split.parts, method.inputs, backbone, cache, num_workers=cfg.num_workers,

@@ -14,6 +14,7 @@ them (Tip-Adapter-F re-searches alpha, beta on validation).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from conceptclip.engine.checkpoint import load_checkpoint, save_checkpoint
-from conceptclip.engine.config import TrainConfig
+from conceptclip.engine.config import RESUME_CHANGEABLE, TrainConfig
 from conceptclip.engine.data import Part
 from conceptclip.engine.evaluate import classification_metrics, predict
 from conceptclip.errors import CheckpointError, ConfigError
@@ -96,6 +97,24 @@ def _check_distributed(method, cfg: TrainConfig, world: int) -> None:
     if type(method).backward is not Method.backward:
         raise ConfigError(f"method {method.name!r} combines gradients itself (its own backward), which DDP does "
                           "not synchronise; train it with devices=1")
+
+
+def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig) -> None:
+    """Refuse to continue checkpoint `state` under a training configuration it was not trained with:
+    any option outside RESUME_CHANGEABLE that differs (checkpoints that recorded their config), or fewer
+    epochs than it has already finished."""
+    old = state.get("train_config")
+    if old is not None:
+        new = dataclasses.asdict(cfg)
+        differ = [f"{k} {old[k]!r} -> {new[k]!r}" for k in new if k not in RESUME_CHANGEABLE and k in old
+                  and old[k] != new[k]]
+        if differ:
+            raise CheckpointError(f"{path}: cannot resume under a different training configuration "
+                                  f"({'; '.join(differ)}); resume with the checkpoint's options or start a new run")
+    done = state["epoch"] + 1
+    if done > cfg.epochs:
+        raise CheckpointError(f"{path}: the checkpoint has {done} finished epochs, more than epochs={cfg.epochs}; "
+                              f"resume with epochs >= {done}")
 
 
 def _optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -189,6 +208,7 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
+        check_resume(ckpt_path, state, cfg)
         try:
             method.load_learned_state(state["method_state"])
             if state["optimizer_state"] is not None:
@@ -250,7 +270,8 @@ def fit(method, train: Part, val: Part | None, cfg: TrainConfig, *, checkpoint: 
             on_epoch(record)
         if ckpt_path is not None and fabric.is_global_zero:
             save_checkpoint(ckpt_path, method_state=method.learned_state(), optimizer_state=optimizer.state_dict(),
-                            epoch=epoch, best_state=best_state, best_score=best_score, history=result.history)
+                            epoch=epoch, best_state=best_state, best_score=best_score, history=result.history,
+                            train_config=dataclasses.asdict(cfg))
         fabric.barrier()
     bar.close()
     if cfg.select == "last":  # the final epoch's weights are the ones in the model already

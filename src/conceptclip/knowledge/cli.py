@@ -21,15 +21,16 @@ from conceptclip.io import write_json, write_text
 
 concepts_app = typer.Typer(help="Concept banks: inspect, export, prune, elicit; report triplets.", no_args_is_help=True)
 console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 
 def _run(fn: Callable[[], T]) -> T:
-    """Run a command body; documented errors become one red line and exit code 2."""
+    """Run a command body; documented errors become one red line on stderr and exit code 2."""
     try:
         return fn()
     except ConceptClipError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -11,6 +11,9 @@ instead of re-encoding images every step.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -26,22 +29,95 @@ class MethodConfig:
     """Base of every method config."""
 
 
-def build_config(cls: type, values: dict[str, Any] | None) -> Any:
-    """Instantiate a config dataclass from a dict, with a clear error for unknown or mistyped fields."""
+_KIND = {bool: "true/false", int: "a number (an integer)", float: "a number (finite)", str: "text", list: "a JSON list",
+         tuple: "a JSON list", dict: "a JSON object"}
+
+
+def _expected(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _expected(a) for a in args)
+    return _KIND.get(origin or hint, getattr(hint, "__name__", str(hint)))
+
+
+def coerce_value(hint: Any, value: Any) -> Any:
+    """`value` (parsed from JSON or given in Python) as the field type `hint`; raises TypeError when it is
+    not one. bool, int (integral floats accepted), finite float, str (numbers accepted as their text),
+    None only for Optional fields, Literal, list/tuple/dict (elements checked one level deep)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return value
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise TypeError
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce_value(arg, value)
+            except TypeError:
+                continue
+        raise TypeError
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if hint is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise TypeError
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `--set ctx_init=5` arrives as the JSON number 5
+        raise TypeError
+    container = origin or hint
+    if container in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        inner = args[0] if args and (container is list or (len(args) == 2 and args[1] is Ellipsis)) else Any
+        items = [coerce_value(inner, v) for v in value]
+        return tuple(items) if container is tuple else items
+    if container is dict:
+        if not isinstance(value, dict):
+            raise TypeError
+        inner = args[1] if len(args) == 2 else Any
+        return {k: coerce_value(inner, v) for k, v in value.items()}
+    return value  # a type this check does not know: the config's own validation decides
+
+
+def build_config(cls: type, values: dict[str, Any] | None, what: str | None = None) -> Any:
+    """Instantiate a config dataclass from a dict, with a one-line error for an unknown option or a value
+    that is not of its field's type (`what` prefixes the messages; default `ClassName.`)."""
+    what = f"{cls.__name__}." if what is None else what
     values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown option(s) {unknown}; expected some of {sorted(fields)}")
+        raise ConfigError(f"{what.rstrip('. :')}: unknown option(s) {unknown}; expected some of {sorted(fields)}")
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation that does not resolve: keep the values as given
+        hints = {}
     for name, value in values.items():
-        default = getattr(cls, name, None)
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"{cls.__name__}.{name}={value!r}: expected true/false")
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{cls.__name__}.{name}={value!r}: expected a number")
-            if isinstance(default, float):
-                values[name] = float(value)
+        if name not in hints:
+            continue
+        try:
+            values[name] = coerce_value(hints[name], value)
+        except TypeError:
+            shown = "null" if value is None else repr(value)
+            raise ConfigError(f"{what}{name}={shown}: expected {_expected(hints[name])}") from None
     return cls(**values)
 
 

@@ -11,9 +11,14 @@ from conceptclip.backbones.base import Backbone
 
 
 @torch.no_grad()
-def encode_prompts(backbone: Backbone, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised text features (T, D) of `texts`, encoded in batches without gradients."""
-    out = [backbone.encode_texts(list(texts[i:i + batch_size])) for i in range(0, len(texts), batch_size)]
+def encode_prompts(backbone: Backbone, texts: Sequence[str], batch_size: int = 256,
+                   desc: str | None = None) -> torch.Tensor:
+    """L2-normalised text features (T, D) of `texts`, encoded in batches without gradients (with a
+    progress bar over the batches when `desc` is given)."""
+    from conceptclip.progress import progress
+
+    starts = progress(range(0, len(texts), batch_size), enabled=desc is not None, desc=desc, unit="batch", leave=False)
+    out = [backbone.encode_texts(list(texts[i:i + batch_size])) for i in starts]
     return F.normalize(torch.cat(out).float(), dim=-1)
 
 

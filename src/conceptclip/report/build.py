@@ -13,6 +13,7 @@ Images are matplotlib/PIL PNGs inlined as base64 data URLs: the file opens anywh
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import datetime as _dt
 import hashlib
@@ -338,11 +339,20 @@ def make_cards(explainer: Any, dataset: Any, pred: PartPredictions,
 
 
 # ---- runs table -------------------------------------------------------------------------
+# the folder the page names paths relative to: the parent of the folders given to build_report, so the
+# page shows "runs/coop_seed1", never the building machine's absolute paths (or ../../ up to them)
+_BASE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("report_base", default=None)
+
+
 def _rel(path: Path) -> str:
+    base = _BASE.get()
+    if base is None:
+        return Path(path).name or "."
     try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
+        rel = os.path.relpath(Path(path).resolve(), base)
+    except ValueError:  # another drive (Windows)
+        return Path(path).name
+    return Path(path).resolve().name if rel.startswith("..") else rel
 
 
 def run_row(r: RunRecord) -> dict[str, Any]:
@@ -359,7 +369,28 @@ def run_row(r: RunRecord) -> dict[str, Any]:
             "fit": f"{m['fit_seconds']:.1f}" if isinstance(m.get("fit_seconds"), (int, float)) else "",
             "best_epoch": m.get("best_epoch", "") if m.get("best_epoch") is not None else "",
             "problems": check_files(r.path, cfg),
-            "config": json.dumps(cfg, indent=2, ensure_ascii=False)}
+            "config": json.dumps(_without_sources(cfg), indent=2, ensure_ascii=False)}
+
+
+def _without_sources(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config as the page shows it: the copied files' "source" (an absolute path of the machine
+    the run was made on) reduced to its file name."""
+    files = cfg.get("files")
+    if not isinstance(files, dict):
+        return cfg
+    shown = {k: ({**v, "source": Path(str(v["source"])).name} if isinstance(v, dict) and "source" in v else v)
+             for k, v in files.items()}
+    return {**cfg, "files": shown}
+
+
+def _scrub_paths(text: str) -> str:
+    """Absolute paths left in config values (e.g. a bank file, an hf: model folder): those under the
+    report's base folder become relative, the home folder becomes ~."""
+    base = _BASE.get()
+    for prefix, repl in ((str(base) if base is not None else None, ""), (str(Path.home()), "~")):
+        if prefix and prefix != os.sep:
+            text = text.replace(prefix + os.sep, repl + ("/" if repl else "")).replace(prefix, repl or ".")
+    return text
 
 
 # ---- the page ---------------------------------------------------------------------------
@@ -368,13 +399,27 @@ def build_report(paths: Sequence[str | Path], out: str | Path, *, dataset: str |
                  device: str | None = None,
                  title: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Write the report for the runs at or below `paths` to `out`; return what it holds
-    ({"out", "runs", "groups", "cards", "figures", "bytes"})."""
+    ({"out", "runs", "groups", "cards", "figures", "bytes"}). The page names paths relative to the
+    folder holding `paths` and holds no absolute path of this machine (its home folder shows as ~)."""
+    paths = [Path(p) for p in paths]
+    if paths:
+        token = _BASE.set(Path(os.path.commonpath([p.resolve() for p in paths])).parent)
+        try:
+            return _build_report(paths, out, dataset=dataset, bank=bank, concept_template=concept_template,
+                                 images=images, tsne=tsne, device=device, title=title, log=log)
+        finally:
+            _BASE.reset(token)
+    return _build_report(paths, out, dataset=dataset, bank=bank, concept_template=concept_template, images=images,
+                         tsne=tsne, device=device, title=title, log=log)
+
+
+def _build_report(paths: list[Path], out: str | Path, *, dataset, bank, concept_template, images, tsne, device,
+                  title, log) -> dict[str, Any]:
     import jinja2
 
     from conceptclip.io import write_text
     from conceptclip.report.template import REPORT_TEMPLATE
 
-    paths = [Path(p) for p in paths]
     runs = find_runs(paths)
     groups = group_runs(runs)
     if not groups:
@@ -415,6 +460,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path, *, dataset: str |
         metric_names=[m.replace("_", " ") for m in SUMMARY_METRICS], metric_rows=metric_rows(groups),
         fewshot=fewshot_section(paths, runs), base2novel=base2novel_section(paths, runs),
         run_rows=[run_row(r) for r in runs])
+    html = _scrub_paths(html)
     out = write_text(out, html)
     log(f"report: {out} ({len(html) / 1e6:.2f} MB)")
     return {"out": str(out), "runs": len(runs), "groups": len(groups), "cards": n_cards, "figures": n_figs,

@@ -47,9 +47,11 @@ def concept_template(class_template: str) -> str:
     return "a photo with {}."
 
 
-def load_concepts(bank: str | Path | None, config: dict[str, Any], template: str | None = None) -> ConceptSet | None:
+def load_concepts(bank: str | Path | None, config: dict[str, Any], template: str | None = None,
+                  max_concepts: int | None = None) -> ConceptSet | None:
     """Concepts of a bank JSON file or shared-bank name; with no bank, the shared bank named like
-    the run's dataset (e.g. "ph2") when it loads, else None."""
+    the run's dataset (e.g. "ph2") when it loads, else None. More than `max_concepts` distinct
+    concepts (None: no cap) is a ConfigError saying how to raise the cap."""
     from conceptclip.knowledge.loaders import load_shared_bank
     from conceptclip.knowledge.schema import load_bank
 
@@ -65,6 +67,10 @@ def load_concepts(bank: str | Path | None, config: dict[str, Any], template: str
     names = list(dict.fromkeys(p for ps in by_class.values() for p in ps))
     if not names:
         raise ConfigError(f"concept bank {loaded.name!r} has no positive concepts to score")
+    if max_concepts is not None and len(names) > max_concepts:
+        raise ConfigError(f"concept bank {loaded.name!r} has {len(names)} concepts, more than the cap of {max_concepts} "
+                          f"(each is encoded at start-up and scored on every image); pass --max-concepts {len(names)} "
+                          "to use them all, or a smaller bank")
     tpl = template or concept_template(str(config.get("template", "a photo of a {}.")))
     if "{}" not in tpl:
         raise ConfigError(f"concept template {tpl!r}: expected a '{{}}' slot for the concept phrase")
@@ -122,7 +128,8 @@ class RunExplainer:
 
     def __init__(self, run_dir: str | Path, *, concepts: ConceptSet | None = None, bank: str | Path | None = None,
                  concept_template: str | None = None, device: str | None = None, alpha: float = 0.5,
-                 backbones: dict[str, Any] | None = None, load_bank: bool = True, sanity: bool = True) -> None:
+                 backbones: dict[str, Any] | None = None, load_bank: bool = True, sanity: bool = True,
+                 max_concepts: int | None = None) -> None:
         from conceptclip.engine.load import load_run
         from conceptclip.explain.command import available_explainers
         from conceptclip.prompts import encode_prompts
@@ -134,9 +141,11 @@ class RunExplainer:
         self.alpha = alpha
         self.explainers = available_explainers(self.method)
         if concepts is None and load_bank:
-            concepts = load_concepts(bank, self.config, concept_template)
+            concepts = load_concepts(bank, self.config, concept_template, max_concepts)
         self.concepts = concepts
-        self.concept_features = encode_prompts(self.backbone, concepts.prompts) if concepts else None
+        self.concept_features = (encode_prompts(self.backbone, concepts.prompts,
+                                                desc=f"encoding {len(concepts.prompts)} concept prompts")
+                                 if concepts else None)
         self.prompt_nearest = self._prompt_nearest()
         self.sanity = None
         if sanity:  # saliency sanity checks of every map shown (explain.sanity)

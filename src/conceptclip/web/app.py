@@ -26,6 +26,9 @@ from conceptclip.errors import ConfigError, DataError
 MB = 1024 * 1024
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers allowed on top of the file
 DRAIN_FACTOR = 8  # an oversized body is read and dropped up to this many times the limit, then cut
+# concept prompts encoded at start-up: 5,000 take about a minute on CPU with `lite` (a 100,000-concept
+# bank took ~21 min before anything was served); `serve --max-concepts N` raises the cap
+DEFAULT_MAX_CONCEPTS = 5000
 
 
 @dataclass
@@ -35,10 +38,11 @@ class ServeConfig:
     max_bytes: int = 10 * MB  # largest accepted upload
     max_concurrency: int = 1  # explanations computed at once (1: Grad-CAM hooks on one model are not thread-safe)
     max_queue: int = 4  # requests allowed to wait for a slot; more get 503
+    max_concepts: int = DEFAULT_MAX_CONCEPTS  # a larger bank is refused at start-up (--max-concepts raises it)
     top_concepts: int = 8  # concept bars shown
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "max_concurrency", "top_concepts"):
+        for name in ("max_bytes", "max_concurrency", "top_concepts", "max_concepts"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"serve: {name}={getattr(self, name)!r}: expected a positive integer")
         if self.max_queue < 0:
@@ -148,7 +152,8 @@ def create_app(run_dir: str | Path | None = None, *, explainer: Any = None, bank
     if explainer is None:
         if run_dir is None:
             raise ConfigError("serve: expected a run folder")
-        explainer = RunExplainer(run_dir, bank=bank, concept_template=concept_template, device=device)
+        explainer = RunExplainer(run_dir, bank=bank, concept_template=concept_template, device=device,
+                                 max_concepts=cfg.max_concepts)
     info = {"run": Path(explainer.run_dir).name, "method": explainer.method_name, "classnames": explainer.classnames,
             "backbone": explainer.config.get("backbone"), "dataset": explainer.config.get("dataset"),
             "explainers": explainer.explainers, "concepts": len(explainer.concepts.names) if explainer.concepts else 0,

@@ -34,6 +34,8 @@ def serve(
                                                               "(default: from the run's class template)"),
     max_mb: float = typer.Option(10.0, help="largest accepted upload in MB"),
     queue: int = typer.Option(4, help="requests that may wait while one image is explained; more get 503"),
+    max_concepts: int = typer.Option(5000, help="largest concept bank served (each concept is encoded at start-up, "
+                                                "about a minute per 5,000 on CPU); a larger bank is refused"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda"),
 ) -> None:
     """Serve a page at http://HOST:PORT/: upload an image, see the prediction, concept scores,
@@ -49,7 +51,8 @@ def serve(
         raise ConfigError(f"--port {port}: expected 1-65535")
     if max_mb <= 0:
         raise ConfigError(f"--max-mb {max_mb}: expected a positive size")
-    app = create_app(run, bank=concepts, concept_template=concept_template, device=device, config=ServeConfig(max_bytes=int(max_mb * MB), max_queue=queue))
+    limits = ServeConfig(max_bytes=int(max_mb * MB), max_queue=queue, max_concepts=max_concepts)
+    app = create_app(run, bank=concepts, concept_template=concept_template, device=device, config=limits)
     if not is_loopback(host):
         console.print(f"[yellow]warning:[/yellow] serving on {host}: other machines can reach the demo and upload "
                       "images; it has no authentication")
