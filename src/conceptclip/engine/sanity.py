@@ -20,7 +20,8 @@ TWIN_DIR = "sanity_shuffled_labels"  # inside the results folder
 
 def label_shuffled(dataset: Dataset, ids: Sequence[str], seed: int = 0) -> Dataset:
     """A copy of `dataset` whose samples `ids` carry a seeded permutation of their own labels (the
-    class counts stay; which image has which label is random). Other samples keep theirs."""
+    class counts stay; which image has which label is random). Other samples keep theirs; the name
+    stays, the fingerprint changes."""
     if dataset.multilabel:
         raise ConfigError("the data randomisation test is implemented for single-label datasets only")
     ids = list(ids)
@@ -30,8 +31,9 @@ def label_shuffled(dataset: Dataset, ids: Sequence[str], seed: int = 0) -> Datas
     rng.shuffle(perm)
     new = dict(zip(ids, perm))
     samples = [dataclasses.replace(s, label=new[s.id]) if s.id in new else s for s in dataset.samples]
-    return Dataset(f"{dataset.name}-shuffled{seed}", list(dataset.classnames), samples, dataset.multilabel,
-                   dataset.template, dataset.root)
+    # same name: what a method derives from the dataset (e.g. DEAL's PH2 default bank) stays the same;
+    # the fingerprint (labels included) keeps its features apart in the cache
+    return Dataset(dataset.name, list(dataset.classnames), samples, dataset.multilabel, dataset.template, dataset.root)
 
 
 def train_label_shuffled_twin(run: str | Path, dataset: Dataset, backbone: Any = None, *, seed: int = 0,
