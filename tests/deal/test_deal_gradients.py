@@ -130,7 +130,7 @@ def test_gradcam_maps_equal_the_closed_form_on_pooled_tokens(tiny_clip, mode):
                 torch.testing.assert_close(got, cam, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("lambdas", [None, (0.5, 2.0)])
+@pytest.mark.parametrize("lambdas", [None, (0.5, 2.0), (0.5, 0.0), (0.0, 0.5)])
 def test_loss_is_eq5_written_out(tiny_clip, lambdas):
     """Risk = L_contr (Eq. 2) + lambda R_disen (Eq. 3) + gamma R_local (Eq. 4), every term by loops;
     with no options lambda = gamma = 1 (the paper gives no values: ours, docs/deal.md)."""
