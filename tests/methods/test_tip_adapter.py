@@ -258,17 +258,23 @@ def test_training_defaults_and_state(tiny_clip, classes, batch):
     torch.testing.assert_close(plain.logits(batch), zs)
 
 
-def test_training_free_search_on_val_and_no_search_without_val_labels(tiny_clip, classes):
-    opts = {"alpha_steps": 6, "beta_steps": 12, "init_alpha": 1.25, "init_beta": 0.75}
-    train, val = _part(tiny_clip, 12, 0), _part(tiny_clip, 9, 1)
-    method = create_method("tip_adapter", tiny_clip, classes, opts)
-    info = method.fit_closed_form(train.tensors, val.tensors)
+def _expected_search_6x12(tiny_clip, method, train, val):
+    """The brute-force search over the 6 x 12 grid of alpha in [0.1, 3), beta in [0.1, 7) with the
+    method's zero-shot classifier, the train part as cache and the val part as judge."""
     f = normalize(train.tensors["features"]).double()
     fv = normalize(val.tensors["features"]).double()
     zv = float(tiny_clip.logit_scale) * fv @ method.classifier.double().t()
     alphas = [i * (3.0 - 0.1) / 6 + 0.1 for i in range(6)]
     betas = [i * (7.0 - 0.1) / 12 + 0.1 for i in range(12)]
-    expected = _brute_force_search(zv, fv, f, F.one_hot(train.labels, 3).double(), val.labels, alphas, betas)
+    return _brute_force_search(zv, fv, f, F.one_hot(train.labels, 3).double(), val.labels, alphas, betas)
+
+
+def test_training_free_search_on_val_and_no_search_without_val_labels(tiny_clip, classes):
+    opts = {"alpha_steps": 6, "beta_steps": 12, "init_alpha": 1.25, "init_beta": 0.75}
+    train, val = _part(tiny_clip, 12, 0), _part(tiny_clip, 9, 1)
+    method = create_method("tip_adapter", tiny_clip, classes, opts)
+    info = method.fit_closed_form(train.tensors, val.tensors)
+    expected = _expected_search_6x12(tiny_clip, method, train, val)
     assert (info["alpha"], info["beta"]) == pytest.approx(expected)
     empty = {"features": val.tensors["features"][:0], "labels": val.tensors["labels"][:0]}
     method = create_method("tip_adapter", tiny_clip, classes, opts)
@@ -319,10 +325,5 @@ def test_pre_search_keeps_the_earlier_order(tiny_clip, classes):
     method = create_method("tip_adapter_f", tiny_clip, classes, opts)
     train, val = _part(tiny_clip, 12, 0), _part(tiny_clip, 9, 1)
     info = method.fit_closed_form(train.tensors, val.tensors)
-    f = normalize(train.tensors["features"]).double()
-    fv = normalize(val.tensors["features"]).double()
-    zv = float(tiny_clip.logit_scale) * fv @ method.classifier.double().t()
-    alphas = [i * (3.0 - 0.1) / 6 + 0.1 for i in range(6)]
-    betas = [i * (7.0 - 0.1) / 12 + 0.1 for i in range(12)]
-    expected = _brute_force_search(zv, fv, f, F.one_hot(train.labels, 3).double(), val.labels, alphas, betas)
+    expected = _expected_search_6x12(tiny_clip, method, train, val)
     assert (info["alpha"], info["beta"]) == pytest.approx(expected)
