@@ -29,3 +29,19 @@ def running_server(app: Any, timeout: float = 60, log_level: str = "error") -> I
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+class BlockingExplainer:
+    """Wraps a real explainer and holds each request inside `explain` until `release` is set
+    (queue and concurrency tests of the web demo); `entered` says a request got there."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.entered, self.release = inner, threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def explain(self, image: Any) -> Any:
+        self.entered.set()
+        assert self.release.wait(120), "the test never released the explainer"
+        return self.inner.explain(image)

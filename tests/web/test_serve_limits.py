@@ -10,23 +10,10 @@ import threading
 import pytest
 from PIL import Image
 
+from web_server import BlockingExplainer
+
 pytest.importorskip("fastapi", reason="the web extra (fastapi) is not installed")
 pytest.importorskip("multipart", reason="the web extra (python-multipart) is not installed")
-
-
-class _Blocking:
-    """The real explainer, held inside `explain` until released."""
-
-    def __init__(self, inner):
-        self.inner, self.entered, self.release = inner, threading.Event(), threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def explain(self, image):
-        self.entered.set()
-        assert self.release.wait(120)
-        return self.inner.explain(image)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +35,7 @@ def test_requests_beyond_the_queue_bound_get_503(explainer, web_run, queue):
 
     from conceptclip.web.app import ServeConfig, create_app
 
-    blocking = _Blocking(explainer)
+    blocking = BlockingExplainer(explainer)
     data = _png(web_run["data"] / "cat" / "1.png")
     extra = queue + 3  # while one image is explained: `queue` requests wait, every further one is refused
     statuses: dict[str, int] = {}

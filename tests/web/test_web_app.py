@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from web_server import BlockingExplainer
+
 pytest.importorskip("fastapi", reason="the web extra (fastapi) is not installed")
 pytest.importorskip("multipart", reason="the web extra (python-multipart) is not installed")
 
@@ -162,27 +164,12 @@ def test_no_route_reads_files(client, web_run):
     assert paths == ["/", "/api/explain", "/api/info"]
 
 
-class _SlowExplainer:
-    """Wraps the real explainer; blocks inside explain() until released."""
-
-    def __init__(self, inner):
-        self.inner, self.entered, self.release = inner, threading.Event(), threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def explain(self, image):
-        self.entered.set()
-        self.release.wait(30)
-        return self.inner.explain(image)
-
-
 def test_requests_beyond_the_queue_get_503(explainer, web_run):
     from fastapi.testclient import TestClient
 
     from conceptclip.web.app import ServeConfig, create_app
 
-    slow = _SlowExplainer(explainer)
+    slow = BlockingExplainer(explainer)
     data = png(Image.open(web_run["data"] / "cat" / "1.png").convert("RGB"))
     with TestClient(create_app(explainer=slow, config=ServeConfig(max_concurrency=1, max_queue=0))) as c:
         first: dict = {}
