@@ -114,7 +114,7 @@ def test_predicted_class_and_concept_scores(run_dir, images, tmp_path):
 def test_cli_and_errors(run_dir, images, tmp_path):
     from typer.testing import CliRunner
 
-    from conceptclip.explain.cli import explain_app
+    from conceptclip.cli.explain import explain_app
     from conceptclip.explain.command import explain_images
 
     res = CliRunner().invoke(explain_app, [str(run_dir), str(images[0]), "--out", str(tmp_path / "c"),
@@ -193,7 +193,7 @@ def test_deal_explanation_ranks_concepts_and_draws_their_maps(deal_run, images, 
 def test_no_method_explanation_without_explain_or_when_asked(run_dir, deal_run, images, tmp_path):
     from typer.testing import CliRunner
 
-    from conceptclip.explain.cli import explain_app
+    from conceptclip.cli.explain import explain_app
     from conceptclip.explain.command import explain_images
 
     doc = explain_images(run_dir, images[:1], tmp_path / "coop", explainers=["gradcam"])  # CoOp: no `explain`

@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conceptclip.knowledge.cli import concepts_app
+from conceptclip.cli.concepts import concepts_app
 from conceptclip.knowledge.schema import Provenance, load_bank, save_bank, simple_bank
 
 runner = CliRunner()

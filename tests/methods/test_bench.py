@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conceptclip.bench import run_protocol, write_tables
-from conceptclip.bench.cli import bench_app
+from conceptclip.cli.bench import bench_app
 from conceptclip.bench.table import base2novel_summary, fewshot_markdown, fewshot_summary, harmonic_mean
 from conceptclip.errors import ConfigError
 

@@ -198,7 +198,7 @@ def test_serve_command_binds_localhost_by_default(web_run, monkeypatch):
     res = CliRunner().invoke(app, ["serve", "--run", str(web_run["run"]), "--host", "0.0.0.0", "--port", "8123",
                                    "--concepts", str(web_run["bank"])])
     assert res.exit_code == 0 and calls[-1]["host"] == "0.0.0.0" and "no authentication" in res.output
-    from conceptclip.web.cli import is_loopback
+    from conceptclip.cli.serve import is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org")

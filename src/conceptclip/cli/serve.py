@@ -1,4 +1,4 @@
-"""`conceptclip serve --run RUN_DIR` (mounted by conceptclip.cli as `serve`)."""
+"""`conceptclip serve --run RUN_DIR` (mounted on the root app by `conceptclip.cli`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`conceptclip report RUN_DIR... -o report.html` (mounted by conceptclip.cli as `report`)."""
+"""`conceptclip report RUN_DIR... -o report.html` (mounted on the root app by `conceptclip.cli`)."""
 
 from __future__ import annotations
 

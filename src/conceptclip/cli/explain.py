@@ -1,5 +1,5 @@
 """`conceptclip explain RUN IMAGE... --out DIR`: the command-line face of `explain_images`
-(mounted by conceptclip.cli as the `explain` sub-command)."""
+(mounted on the root app by `conceptclip.cli`)."""
 
 from __future__ import annotations
 

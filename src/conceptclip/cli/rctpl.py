@@ -35,13 +35,13 @@ def _classes(values: Optional[List[str]]) -> list[str] | None:
 
 
 def _options(items, what):
-    from conceptclip.cli import parse_options
+    from conceptclip.cli.options import parse_options
 
     return parse_options(items, what)
 
 
 def _device(device: Optional[str]) -> str:
-    from conceptclip.cli import _device as pick
+    from conceptclip.cli.options import pick_device as pick
 
     return pick(device)
 
@@ -101,7 +101,7 @@ def evaluate(
     device: Optional[str] = typer.Option(None, help="cpu | cuda"),
 ) -> None:
     """Zero-shot classification of a labelled image manifest with the learned prompts."""
-    from conceptclip.cli import _dataset
+    from conceptclip.cli.options import load_dataset_spec as _dataset
     from conceptclip.rctpl.evaluate import load_rctpl, zero_shot_eval
 
     ds = _dataset(dataset)
@@ -144,7 +144,7 @@ def retrieve(
     device: Optional[str] = typer.Option(None, help="cpu | cuda"),
 ) -> None:
     """Report retrieval precision@K by the learned prompts' class-score profiles."""
-    from conceptclip.cli import _dataset
+    from conceptclip.cli.options import load_dataset_spec as _dataset
     from conceptclip.rctpl.corpus import InjectionConfig, build_corpus
     from conceptclip.rctpl.evaluate import image_scores, load_rctpl, report_labels, retrieval_scores
     from conceptclip.rctpl.train import encode_corpus, score_part, split_items

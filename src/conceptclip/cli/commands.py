@@ -1,69 +1,17 @@
-"""`conceptclip` command line: align, train, eval, demo (+ sub-apps of other layers where installed).
-
-Every documented error (ConceptClipError) is printed as one line `error: ...` with exit code 2;
-anything else is a bug and keeps its traceback.
-"""
+"""The run-level commands: align, train, eval, predict, sanity, demo, encode, methods, backbones."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from conceptclip.errors import ConceptClipError, ConfigError
+from conceptclip.cli.app import app, console
+from conceptclip.cli.options import CLASSES_HELP, load_dataset_spec, make_split, parse_options, pick_device
+from conceptclip.errors import ConfigError
 from conceptclip.threads import THREADS_HELP, set_threads
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Concept-guided, explainable prompt learning on CLIP-style models.")
-console = Console(stderr=True)
-
-
-def parse_options(items: list[str] | None, what: str) -> dict[str, Any]:
-    """`["n_ctx=8", "ctx_init=a photo of a"]` -> dict, values parsed as JSON where they are JSON."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-def _dataset(spec: str, root: Optional[str] = None, classes: str | list[str] | None = None):
-    from conceptclip.data import load_dataset
-
-    kwargs = {"root": root} if root else {}
-    return load_dataset(spec, classes=classes, **kwargs)
-
-
-CLASSES_HELP = ("class names in index order for a CSV/JSON manifest: NAME,NAME,... or a file with one per line "
-                "(default: the manifest's <stem>.classes.txt, else the sorted labels)")
-
-
-def _split(dataset, split_file: Optional[Path], shots: int, seed: int, base2novel: bool = False):
-    from conceptclip.data import Split, base2novel_split, fewshot_split, holdout_split
-
-    if split_file is not None:
-        split = Split.load(split_file, dataset)
-        split.check_disjoint()
-        return split
-    pools = holdout_split(dataset)
-    if base2novel:
-        return base2novel_split(dataset, pools, shots, seed)
-    if shots <= 0:
-        return pools
-    return fewshot_split(dataset, pools, shots, seed)
 
 
 @app.command()
@@ -89,7 +37,7 @@ def align(
     from conceptclip.backbones.align import AlignConfig, align as run_align
     from conceptclip.data import Split
 
-    ds = _dataset(dataset, classes=classes)
+    ds = load_dataset_spec(dataset, classes=classes)
     if disjoint_from is not None:
         if split is not None:
             raise ConfigError("align: give --split (align on one of its parts) or --disjoint-from (align on the "
@@ -100,7 +48,7 @@ def align(
             raise ConfigError(f"align --disjoint-from {disjoint_from}: every image of {ds.name!r} is in a part of "
                               "that split; nothing is left to align on")
     else:
-        sp = _split(ds, split, 0, 0)
+        sp = make_split(ds, split, 0, 0)
         if part not in sp.parts:
             raise ConfigError(f"align --part {part!r}: the split has parts {sorted(sp.parts)}")
         ids = sp.parts[part]
@@ -144,12 +92,12 @@ def train(
     from conceptclip.engine import run_experiment
 
     set_threads(threads)
-    ds = _dataset(dataset, classes=classes)
-    sp = _split(ds, split, shots, seed, base2novel)
+    ds = load_dataset_spec(dataset, classes=classes)
+    sp = make_split(ds, split, shots, seed, base2novel)
     tcfg = {"seed": seed, **parse_options(train_option, "--train")}
     if device:
         tcfg["accelerator"] = device
-    bb = create_backbone(backbone, device=_device(device))
+    bb = create_backbone(backbone, device=pick_device(device))
     metrics = run_experiment(method, ds, sp, bb, out, method_config=parse_options(option, "--set"),
                              train_config=tcfg, overwrite=overwrite, resume=resume)
     _print_selection(metrics)
@@ -181,7 +129,7 @@ def evaluate(
 
     if classes is None and dataset.lower().endswith(".csv") and not sidecar_classes(Path(dataset)).is_file():
         classes = list(method.classnames)  # a CSV's labels name (or index) the run's classes
-    ds = _dataset(dataset, classes=classes)
+    ds = load_dataset_spec(dataset, classes=classes)
     if [c.lower() for c in ds.classnames] != [c.lower() for c in method.classnames]:
         raise ConfigError(f"dataset {ds.name!r} classes {ds.classnames} differ from the run's {method.classnames}")
     ids = [s.id for s in ds.samples] if part == "all" else Split.load(split, ds).parts[part] if split else None
@@ -236,7 +184,7 @@ def sanity(
     into RUN/sanity_shuffled_labels; `explain`, `report` and `serve` then run both sanity checks."""
     from conceptclip.engine.sanity import train_label_shuffled_twin
 
-    twin = train_label_shuffled_twin(run, _dataset(dataset), seed=seed, overwrite=overwrite)
+    twin = train_label_shuffled_twin(run, load_dataset_spec(dataset), seed=seed, overwrite=overwrite)
     console.print(f"label-shuffled twin trained in {twin}")
     typer.echo(json.dumps({"twin": str(twin)}))
 
@@ -280,7 +228,7 @@ def encode(
     """Embed a dataset once (images, class prompts, optionally a bank's prompts) for `embeddings:DIR`."""
     from conceptclip.engine.encode import encode_dataset
 
-    manifest = encode_dataset(backbone, _dataset(dataset), out, devices=devices, accelerator=device or "auto",
+    manifest = encode_dataset(backbone, load_dataset_spec(dataset), out, devices=devices, accelerator=device or "auto",
                               dtype=dtype, batch_size=batch_size, bank=bank, overwrite=overwrite, log=console.print)
     console.print(f"{manifest['source']['n_images']} image embeddings in {len(manifest['images'])} shard(s), "
                   f"{sum(len(t['prompts']) for t in manifest['texts'])} prompts; use --backbone embeddings:{out}")
@@ -300,16 +248,6 @@ def backbones() -> None:
     from conceptclip.backbones import available_backbones
 
     typer.echo("\n".join(available_backbones()))
-
-
-def _device(device: Optional[str]) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    return device
 
 
 def _print_selection(metrics: dict) -> None:
@@ -345,61 +283,3 @@ def _print_summary(summary: dict) -> None:
     for note in summary.get("notes", []):
         console.print(note, markup=False, highlight=False, soft_wrap=True)
     console.print(f"demo finished in {summary['seconds']:.0f} s; results in {summary['out']}")
-
-
-def _mount_optional() -> None:
-    """Sub-apps of other layers (knowledge, bench, report, ...), mounted when their module exists."""
-    import importlib
-
-    for module, attr, name in (("conceptclip.knowledge.cli", "concepts_app", "concepts"),
-                               ("conceptclip.bench.cli", "bench_app", "bench"),
-                               ("conceptclip.explain.cli", "explain_app", "explain"),
-                               ("conceptclip.rctpl.cli", "rctpl_app", "rctpl"),
-                               ("conceptclip.report.cli", "report_app", "report"),
-                               ("conceptclip.web.cli", "serve_app", "serve")):
-        try:
-            sub = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-        app.add_typer(sub, name=name)
-
-
-_mount_optional()
-
-
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    """Warnings as one line, `warning: MESSAGE` (no file path, no source line)."""
-    return f"warning: {' '.join(str(message).split())}\n"
-
-
-def _click_exception() -> type:
-    """ClickException of the click that typer uses (recent typer vendors its own copy of click)."""
-    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    """The console entry point. Exit codes: 0 success; 2 a usage error (click's usage message) or a
-    documented error (one line `error: ...` on stderr); 130 Ctrl-C; anything else is a bug (traceback)."""
-    import warnings
-
-    warnings.formatwarning = _one_line_warning
-    click_exc = _click_exception()
-    try:
-        rc = app(args=argv, prog_name="conceptclip", standalone_mode=False)
-    except ConceptClipError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except click_exc as exc:  # usage errors: "Usage: ... Error: No such option ..." and exit code 2
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        print("Aborted.", file=sys.stderr)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    # without standalone mode typer returns the exit code of typer.Exit (130 for Ctrl-C) instead of exiting
-    sys.exit(rc if isinstance(rc, int) else 0)
-
-
-if __name__ == "__main__":
-    main()
