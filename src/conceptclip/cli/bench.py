@@ -8,16 +8,16 @@ List options take several values after one flag (as above) or the flag repeated.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Callable, List, Optional
 
 import typer
 from typer.core import TyperCommand
 
 from conceptclip.bench.presets import BASE2NOVEL_METHODS, FEWSHOT_METHODS
-from conceptclip.errors import ConfigError
+from conceptclip.cli.options import (DATASET_HELP, DeviceOption, OverwriteOption, SetOption, TrainOption,
+                                     parse_method_counts, parse_method_options, train_options)
 from conceptclip.threads import THREADS_HELP, set_threads
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,45 +49,6 @@ bench_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_excep
                         help="Few-shot and base-to-novel protocols over many methods, shots and seeds.")
 
 
-def _method_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
-    """["biomedcoop.lambda_sccm=10", ...] -> {"biomedcoop": {"lambda_sccm": 10}} (values parsed as JSON)."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        method, dot, name = key.strip().partition(".")
-        if not sep or not dot or not method or not name:
-            raise ConfigError(f"--set {item!r}: expected METHOD.KEY=VALUE, e.g. biomedcoop.tau=2.0")
-        try:
-            out.setdefault(method, {})[name] = json.loads(value)
-        except json.JSONDecodeError:
-            out.setdefault(method, {})[name] = value
-    return out
-
-
-def _epochs(items: list[str] | None) -> dict[str, int]:
-    """["coop=20", "cocoop=5"] -> {"coop": 20, "cocoop": 5}."""
-    out: dict[str, int] = {}
-    for item in items or []:
-        method, sep, value = item.partition("=")
-        if not sep or not method.strip() or not value.strip().isdigit():
-            raise ConfigError(f"--epochs {item!r}: expected METHOD=N with N a non-negative integer, e.g. coop=20")
-        out[method.strip()] = int(value)
-    return out
-
-
-def _train_options(items: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--train {item!r}: expected KEY=VALUE, e.g. epochs=20")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
 def _protocol_command(protocol: str, default_methods: tuple[str, ...], methods_help: str, shots_default: list[int],
                       shots_help: str, doc: str) -> Callable[..., None]:
     """The `bench PROTOCOL` command. Both protocols take the same options (typer reads them off the
@@ -95,7 +56,7 @@ def _protocol_command(protocol: str, default_methods: tuple[str, ...], methods_h
     the docstring (the command's help) differ."""
 
     def command(
-        dataset: str = typer.Option("ph2", help="'ph2', a class-folder directory, a .csv or .json manifest"),
+        dataset: str = typer.Option("ph2", help=DATASET_HELP),
         methods: Optional[List[str]] = typer.Option(None, help=methods_help),
         shots: List[int] = typer.Option(shots_default, help=shots_help),
         seeds: List[int] = typer.Option([1, 2, 3], help="split and training seeds"),
@@ -105,12 +66,11 @@ def _protocol_command(protocol: str, default_methods: tuple[str, ...], methods_h
         max_epochs: Optional[int] = typer.Option(None, help="cap every gradient method's paper epochs at this number"),
         epochs: Optional[List[str]] = typer.Option(
             None, "--epochs", help="epochs of one method, METHOD=N (repeatable; beats --max-epochs)"),
-        option: Optional[List[str]] = typer.Option(None, "--set", help="method option METHOD.KEY=VALUE (repeatable)"),
-        train_option: Optional[List[str]] = typer.Option(
-            None, "--train", help="training option KEY=VALUE for every method (repeatable)"),
-        device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
+        option: Optional[List[str]] = SetOption("method option METHOD.KEY=VALUE (repeatable)"),
+        train_option: Optional[List[str]] = TrainOption("training option KEY=VALUE for every method (repeatable)"),
+        device: Optional[str] = DeviceOption(),
         align_epochs: int = typer.Option(300, help="epochs of the lite head alignment"),
-        overwrite: bool = typer.Option(False, help="delete this protocol's earlier runs in --out first"),
+        overwrite: bool = OverwriteOption("delete this protocol's earlier runs in --out first"),
         threads: int = typer.Option(-1, help=THREADS_HELP),
         selection: str = typer.Option(
             "last", help="'last': test the final epoch (the papers' protocol); 'val': best validation epoch"),
@@ -120,10 +80,10 @@ def _protocol_command(protocol: str, default_methods: tuple[str, ...], methods_h
 
         set_threads(threads)
         records = run_protocol(protocol, dataset, list(methods or default_methods), list(shots), list(seeds),
-                               out, backbone=backbone, max_epochs=max_epochs, epochs=_epochs(epochs),
-                               selection=selection, method_overrides=_method_overrides(option),
-                               train_options=_train_options(train_option), device=device, align_epochs=align_epochs,
-                               overwrite=overwrite, log=lambda s: typer.echo(s, err=True))
+                               out, backbone=backbone, max_epochs=max_epochs, epochs=parse_method_counts(epochs),
+                               selection=selection, method_overrides=parse_method_options(option),
+                               train_options=train_options(train_option, example="epochs=20"), device=device,
+                               align_epochs=align_epochs, overwrite=overwrite, log=lambda s: typer.echo(s, err=True))
         title = f"{dataset if dataset == 'ph2' else Path(dataset).name} / {backbone}"
         paths = write_tables(protocol, records, out, title=title)
         typer.echo(paths["md"].read_text(encoding="utf-8"))

@@ -9,14 +9,16 @@ from typing import Any, List, Optional
 import typer
 
 from conceptclip.cli.app import app, console
-from conceptclip.cli.options import CLASSES_HELP, load_dataset_spec, make_split, parse_options, pick_device
+from conceptclip.cli.options import (CLASSES_HELP, DATASET_HELP, DeviceOption, OverwriteOption, ResumeOption,
+                                     SetOption, TrainOption, load_dataset_spec, make_split, parse_options, pick_device,
+                                     train_options)
 from conceptclip.errors import ConfigError
 from conceptclip.threads import THREADS_HELP, set_threads
 
 
 @app.command()
 def align(
-    dataset: str = typer.Option("ph2", help="'ph2', a class-folder directory, a .csv or .json manifest"),
+    dataset: str = typer.Option("ph2", help=DATASET_HELP),
     out: Path = typer.Option(Path("lite_heads.safetensors"), help="where to write the aligned heads"),
     epochs: int = typer.Option(300, help="training epochs of the heads"),
     split: Optional[Path] = typer.Option(None, help="split manifest whose --part is used (default: holdout train pool)"),
@@ -69,18 +71,18 @@ def _lite_unaligned():
 @app.command()
 def train(
     method: str = typer.Option(..., "--method", "-m", help="method name (see `conceptclip methods`)"),
-    dataset: str = typer.Option("ph2", help="'ph2', a class-folder directory, a .csv or .json manifest"),
+    dataset: str = typer.Option("ph2", help=DATASET_HELP),
     backbone: str = typer.Option("lite", help="backbone spec: lite[:HEADS], hf:NAME_OR_DIR, open_clip:NAME, tiny-clip"),
     out: Path = typer.Option(..., "--out", "-o", help="results folder"),
     shots: int = typer.Option(16, help="K shots per class (0 = the whole train pool)"),
     seed: int = typer.Option(1, help="split and training seed"),
     split: Optional[Path] = typer.Option(None, help="an existing split manifest (overrides --shots/--seed sampling)"),
     base2novel: bool = typer.Option(False, help="train on base classes, test on base and novel"),
-    option: Optional[List[str]] = typer.Option(None, "--set", help="method option KEY=VALUE (repeatable)"),
-    train_option: Optional[List[str]] = typer.Option(None, "--train", help="training option KEY=VALUE, e.g. epochs=50"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
-    resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
-    overwrite: bool = typer.Option(False, help="replace an existing results folder"),
+    option: Optional[List[str]] = SetOption(),
+    train_option: Optional[List[str]] = TrainOption(),
+    device: Optional[str] = DeviceOption(),
+    resume: bool = ResumeOption(),
+    overwrite: bool = OverwriteOption(),
     classes: Optional[str] = typer.Option(None, help=CLASSES_HELP),
     threads: int = typer.Option(-1, help=THREADS_HELP),
 ) -> None:
@@ -94,9 +96,7 @@ def train(
     set_threads(threads)
     ds = load_dataset_spec(dataset, classes=classes)
     sp = make_split(ds, split, shots, seed, base2novel)
-    tcfg = {"seed": seed, **parse_options(train_option, "--train")}
-    if device:
-        tcfg["accelerator"] = device
+    tcfg = train_options(train_option, device, seed=seed)
     bb = create_backbone(backbone, device=pick_device(device))
     metrics = run_experiment(method, ds, sp, bb, out, method_config=parse_options(option, "--set"),
                              train_config=tcfg, overwrite=overwrite, resume=resume)
@@ -216,7 +216,7 @@ def demo(
 @app.command()
 def encode(
     backbone: str = typer.Option(..., help="backbone spec to embed with: lite[:HEADS], hf:NAME_OR_DIR, open_clip:NAME"),
-    dataset: str = typer.Option("ph2", help="'ph2', a class-folder directory, a .csv or .json manifest"),
+    dataset: str = typer.Option("ph2", help=DATASET_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="folder to write (reruns resume it); read it with --backbone embeddings:DIR"),
     devices: int = typer.Option(1, help="processes, one shard each, through the engine's Fabric launcher"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
@@ -235,11 +235,32 @@ def encode(
 
 
 @app.command()
-def methods() -> None:
-    """List the registered methods."""
-    from conceptclip.methods import available_methods
+def methods(
+    name: Optional[str] = typer.Argument(None, help="a method: print its options, paper defaults and training "
+                                                    "defaults (default: list the methods)"),
+    as_json: bool = typer.Option(False, "--json", help="print the same as JSON"),
+) -> None:
+    """List the registered methods, or show one method's options (type, default, help, source) and its
+    training defaults."""
+    from conceptclip.cli.method_info import method_info, render, summary
+    from conceptclip.methods import available_methods, get_method_class
 
-    typer.echo("\n".join(available_methods()))
+    if name is None:
+        names = available_methods()
+        rows = {n: summary(get_method_class(n)) for n in names}
+        if as_json:
+            typer.echo(json.dumps(rows, indent=1, ensure_ascii=False))
+            return
+        width = max(map(len, names), default=0)
+        typer.echo("\n".join(f"{n:<{width}}  {rows[n]}".rstrip() for n in names))
+        return
+    info = method_info(name)
+    if as_json:
+        typer.echo(json.dumps(info, indent=1, ensure_ascii=False))
+        return
+    from rich.console import Console
+
+    render(info, Console(soft_wrap=False))
 
 
 @app.command()

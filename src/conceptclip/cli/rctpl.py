@@ -15,6 +15,10 @@ from typing import List, Optional
 
 import typer
 
+from conceptclip.cli.options import (DeviceOption, OverwriteOption, ResumeOption, SetOption, TrainOption,
+                                     load_dataset_spec as _dataset, parse_options as _options, pick_device as _device,
+                                     split_names as _classes, train_options)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 rctpl_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -27,23 +31,6 @@ def _reports(path: Optional[Path]) -> Path:
     from conceptclip.paths import shared_data_dir
 
     return shared_data_dir() / "iuxray" / "reports.jsonl"
-
-
-def _classes(values: Optional[List[str]]) -> list[str] | None:
-    out = [c.strip() for v in values or [] for c in v.split(",") if c.strip()]
-    return out or None
-
-
-def _options(items, what):
-    from conceptclip.cli.options import parse_options
-
-    return parse_options(items, what)
-
-
-def _device(device: Optional[str]) -> str:
-    from conceptclip.cli.options import pick_device as pick
-
-    return pick(device)
 
 
 def _emit(result: dict, out: Optional[Path]) -> None:
@@ -66,11 +53,11 @@ def train(
     limit: Optional[int] = typer.Option(None, help="read only the first N reports"),
     description: bool = typer.Option(True, help="inject the MedKLIP concept description"),
     location: bool = typer.Option(True, help="inject 'It is located in {location}.'"),
-    option: Optional[List[str]] = typer.Option(None, "--set", help="method option KEY=VALUE, e.g. tau_c=0.05"),
-    train_option: Optional[List[str]] = typer.Option(None, "--train", help="training option KEY=VALUE, e.g. epochs=5"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
-    overwrite: bool = typer.Option(False, help="replace an existing results folder"),
-    resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
+    option: Optional[List[str]] = SetOption("method option KEY=VALUE, e.g. tau_c=0.05"),
+    train_option: Optional[List[str]] = TrainOption("training option KEY=VALUE, e.g. epochs=5"),
+    device: Optional[str] = DeviceOption(),
+    overwrite: bool = OverwriteOption(),
+    resume: bool = ResumeOption(),
 ) -> None:
     """Train the report- and concept-level prompts on report texts only (no images)."""
     from conceptclip.backbones import create_backbone
@@ -80,9 +67,7 @@ def train(
     src = _reports(reports)
     inj = InjectionConfig(description=description, location=location)
     items = build_corpus(src, inj, limit=limit)
-    tcfg = _options(train_option, "--train")
-    if device:
-        tcfg["accelerator"] = device
+    tcfg = train_options(train_option, device)
     train_items, held = split_items(items, held_out, int(tcfg.get("seed", 1)))
     names = select_classes(train_items, min_reports, _classes(classes))
     bb = create_backbone(backbone, device=_device(device))
@@ -101,7 +86,6 @@ def evaluate(
     device: Optional[str] = typer.Option(None, help="cpu | cuda"),
 ) -> None:
     """Zero-shot classification of a labelled image manifest with the learned prompts."""
-    from conceptclip.cli.options import load_dataset_spec as _dataset
     from conceptclip.rctpl.evaluate import load_rctpl, zero_shot_eval
 
     ds = _dataset(dataset)
@@ -144,7 +128,6 @@ def retrieve(
     device: Optional[str] = typer.Option(None, help="cpu | cuda"),
 ) -> None:
     """Report retrieval precision@K by the learned prompts' class-score profiles."""
-    from conceptclip.cli.options import load_dataset_spec as _dataset
     from conceptclip.rctpl.corpus import InjectionConfig, build_corpus
     from conceptclip.rctpl.evaluate import image_scores, load_rctpl, report_labels, retrieval_scores
     from conceptclip.rctpl.train import encode_corpus, score_part, split_items

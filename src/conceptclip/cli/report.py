@@ -9,6 +9,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from conceptclip.cli.options import require
+
 report_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                          help="One self-contained HTML page over results folders.")
 console = Console(stderr=True)
@@ -31,6 +33,7 @@ def report(
 ) -> None:
     """Write one HTML page (metrics mean ± std over seeds, few-shot and base-to-novel tables,
     confusion and calibration plots, per-image explanation cards, run configs and split hashes)."""
+    require("report", ("jinja2", "matplotlib"), None)
     from conceptclip.report.build import build_report
 
     summary = build_report(runs, out, dataset=dataset, bank=concepts, concept_template=concept_template, images=images, tsne=tsne,

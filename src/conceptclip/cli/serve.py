@@ -9,6 +9,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from conceptclip.cli.options import require
+
+# the web extra (pyproject.toml): python-multipart is imported as `python_multipart` (>= 0.0.13) or `multipart`
+WEB_MODULES = ("fastapi", "uvicorn", "python_multipart|multipart")
+
 serve_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                         help="A local browser demo over a trained run.")
 console = Console(stderr=True)
@@ -40,13 +45,12 @@ def serve(
 ) -> None:
     """Serve a page at http://HOST:PORT/: upload an image, see the prediction, concept scores,
     heat maps and the textual explanation."""
+    require("serve", WEB_MODULES, "web")
+    import uvicorn
+
     from conceptclip.errors import ConfigError
     from conceptclip.web.app import MB, ServeConfig, create_app
 
-    try:
-        import uvicorn
-    except ImportError:
-        raise ConfigError('serve needs the web extra: pip install -c constraints.txt "conceptclip[web]"') from None
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port}: expected 1-65535")
     if max_mb <= 0:
