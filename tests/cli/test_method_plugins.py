@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from conceptclip.errors import ConfigError
 from conceptclip.methods import ENTRY_POINT_GROUP, available_methods, create_method, get_method_class
 
 SRC = Path(__file__).resolve().parents[2] / "src"
+DOCS = SRC.parent / "docs"
 PLUGIN = textwrap.dedent('''
     """A method package outside conceptclip."""
     from dataclasses import dataclass, field
@@ -68,7 +70,7 @@ def fresh_registry(monkeypatch):
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
     monkeypatch.setattr(registry, "_PLUGINS", None)
     yield
-    for name in [m for m in sys.modules if m == "cc_plugin_demo" or m.startswith("cc_plugin_demo.")]:
+    for name in [m for m in sys.modules if m.split(".")[0] in ("cc_plugin_demo", "my_methods")]:
         del sys.modules[name]
 
 
@@ -102,7 +104,7 @@ def test_installed_plugin_methods_are_listed_built_and_described(installed_plugi
     torch.testing.assert_close(method.logits({"features": feats}), expected)
 
 
-def test_plugin_runs_through_the_command_line(installed_plugin, run_cli, image_folder, tmp_path):
+def test_plugin_is_described_by_the_command_line(installed_plugin, run_cli):
     code, out, err = run_cli("methods")
     assert code == 0, err
     assert dict(line.split(None, 1) for line in out.splitlines())["centroid"].startswith("Centroid: a linear head")
@@ -110,12 +112,55 @@ def test_plugin_runs_through_the_command_line(installed_plugin, run_cli, image_f
     assert code == 0, err
     assert json.loads(out)["options"] == [{"name": "scale", "type": "float", "default": "10.0",
                                            "help": "logit scale of the head", "source": "ours"}]
-    run = tmp_path / "run"
-    code, out, err = run_cli("train", "-m", "centroid", "--backbone", "tiny-clip", "--dataset", str(image_folder),
-                             "--shots", "2", "-o", str(run), "--train", "epochs=1", "--train", "progress=false",
-                             "--device", "cpu", "--threads", "1")
+    code, out, err = run_cli("methods", "centroid_x2", "--json")
+    assert code == 0 and json.loads(out)["description"] == "Centroid with twice the logits."
+
+
+def _doc_blocks(lang: str) -> list[str]:
+    """The fenced blocks of docs/add-a-method.md with info string `lang`."""
+    out, current, info = [], None, ""
+    for line in (DOCS / "add-a-method.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current, info = [], line[3:].strip()
+            else:
+                if info == lang:
+                    out.append("\n".join(current) + "\n")
+                current = None
+        elif current is not None:
+            current.append(line)
+    return out
+
+
+def test_the_documented_external_package_works(tmp_path, monkeypatch, fresh_registry, run_cli, image_folder):
+    """docs/add-a-method.md's pyproject table and module, installed as pip installs them, then trained."""
+    project = tomllib.loads(_doc_blocks("toml")[0])["project"]
+    table = project["entry-points"][ENTRY_POINT_GROUP]
+    assert table == {"my_bottleneck": "my_methods.bottleneck:Bottleneck"}
+    site = tmp_path / "site"
+    (site / "my_methods").mkdir(parents=True)
+    (site / "my_methods" / "__init__.py").write_text("")
+    (site / "my_methods" / "bottleneck.py").write_text(_doc_blocks("python")[0])
+    dist = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n" + "".join(f"{k} = {v}\n" for k, v in table.items()))
+    monkeypatch.syspath_prepend(str(site))
+    registry._METHODS.pop("my_bottleneck", None)  # tests/report/test_report_docs.py registers the same example
+
+    code, out, err = run_cli("methods", "my_bottleneck", "--json")
     assert code == 0, err
-    assert json.loads((run / "config.json").read_text())["method"]["method"] == "centroid"
+    info = json.loads(out)
+    assert info["class"] == "my_methods.bottleneck.Bottleneck"
+    assert [(o["name"], o["help"]) for o in info["options"]] == [
+        ("concepts", "the bottleneck: concept phrases"), ("template", "how a phrase becomes a prompt"),
+        ("scale", "tau: temperature of the concept scores")]
+    run = tmp_path / "run"
+    code, out, err = run_cli("train", "-m", "my_bottleneck", "--backbone", "tiny-clip", "--dataset", str(image_folder),
+                             "--shots", "2", "-o", str(run), "--set", 'concepts=["red", "green", "blue"]',
+                             "--train", "epochs=1", "--train", "progress=false", "--device", "cpu", "--threads", "1")
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["method"]["method"] == "my_bottleneck"
 
 
 def _fake_entry_points(monkeypatch, *lines: str) -> None:
