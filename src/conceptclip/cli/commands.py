@@ -219,7 +219,7 @@ def encode(
     dataset: str = typer.Option("ph2", help=DATASET_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="folder to write (reruns resume it); read it with --backbone embeddings:DIR"),
     devices: int = typer.Option(1, help="processes, one shard each, through the engine's Fabric launcher"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
+    device: Optional[str] = DeviceOption(),
     dtype: str = typer.Option("float32", help="stored image dtype: float32 | float16"),
     batch_size: int = typer.Option(32, help="images per forward pass"),
     bank: Optional[str] = typer.Option(None, help="also store this bank's class/concept prompt embeddings"),
