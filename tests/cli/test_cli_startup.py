@@ -47,7 +47,8 @@ def test_help_exits_0_lists_every_command_and_imports_no_torch():
 
 
 def test_python_dash_m_conceptclip_help():
-    res = _python("import runpy, sys; sys.argv = ['conceptclip', '--help']; runpy.run_module('conceptclip', run_name='__main__')")
+    res = _python("import runpy, sys; sys.argv = ['conceptclip', '--help']; "
+                  "runpy.run_module('conceptclip', run_name='__main__')")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Usage:" in res.stdout and "serve" in res.stdout
 

@@ -143,8 +143,10 @@ def test_the_documented_external_package_works(tmp_path, monkeypatch, fresh_regi
     (site / "my_methods" / "bottleneck.py").write_text(_doc_blocks("python")[0])
     dist = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
-    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n" + "".join(f"{k} = {v}\n" for k, v in table.items()))
+    (dist / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    (dist / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\n" + "".join(f"{k} = {v}\n" for k, v in table.items()))
     monkeypatch.syspath_prepend(str(site))
     registry._METHODS.pop("my_bottleneck", None)  # tests/report/test_report_docs.py registers the same example
 
@@ -208,4 +210,5 @@ def test_broken_plugin_does_not_stop_the_command_line(tmp_path):
                           "ModuleNotFoundError: No module named 'cc_no_such_module'\n")
     res = subprocess.run([*cmd, "methods", "broken"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 2 and res.stdout == ""
-    assert res.stderr.splitlines()[-1].startswith("error: method 'broken': entry point broken = 'cc_no_such_module:Thing'")
+    assert res.stderr.splitlines()[-1].startswith(
+        "error: method 'broken': entry point broken = 'cc_no_such_module:Thing'")

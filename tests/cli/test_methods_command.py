@@ -96,7 +96,8 @@ def test_coop_shows_its_config_fields_and_paper_schedule(run_cli):
 def test_a_method_without_shot_dependent_defaults_shows_one_column(run_cli):
     code, out, err = run_cli("methods", "clip_adapter", "--json")
     assert code == 0, err
-    assert json.loads(out)["train_defaults"] == {"all splits": get_method_class("clip_adapter").train_defaults_for(None)}
+    expected = get_method_class("clip_adapter").train_defaults_for(None)
+    assert json.loads(out)["train_defaults"] == {"all splits": expected}
 
 
 def test_unknown_method_lists_the_names(run_cli):

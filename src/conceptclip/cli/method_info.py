@@ -30,7 +30,8 @@ def _paragraph(doc: str | None) -> str:
 
 def description(cls: type) -> str:
     """The method class's own docstring, else its module's (which names the paper): first paragraph."""
-    return _paragraph(cls.__dict__.get("__doc__")) or _paragraph(getattr(sys.modules.get(cls.__module__), "__doc__", ""))
+    own = _paragraph(cls.__dict__.get("__doc__"))
+    return own or _paragraph(getattr(sys.modules.get(cls.__module__), "__doc__", ""))
 
 
 _SENTENCE_END = re.compile(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)(?<!\bcf)(?<!\bvs)\.(?=\s|$)")

@@ -128,7 +128,8 @@ def make_split(dataset, split_file: Optional[Path], shots: int, seed: int, base2
 
 def install_hint(extra: str | None) -> str:
     """The pip line that installs an extra (None: the package itself, for its core dependencies)."""
-    return f'pip install -c constraints.txt "conceptclip[{extra}]"' if extra else "pip install -c constraints.txt conceptclip"
+    target = f'"conceptclip[{extra}]"' if extra else "conceptclip"
+    return f"pip install -c constraints.txt {target}"
 
 
 def require(command: str, modules: Sequence[str], extra: str | None) -> None:
