@@ -1,5 +1,9 @@
 """Run one experiment end to end and write its results folder.
 
+`run_prepared` is the one writer of a results folder: `run_experiment` (a dataset and a split)
+and RC-TPL's text-only training (`rctpl.train`, encoded reports) both hand it their prepared
+parts: the built method (`build_method`), its train config, config.json and the data parts.
+
     out/
       config.json        method, its config, train config, backbone spec and weights id, dataset fingerprint
       split.json         the split manifest the run read (its sha256 is in config.json)
