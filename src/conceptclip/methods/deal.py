@@ -47,7 +47,7 @@ class DEALConfig(MethodConfig):
     ctx_init: str = "an image of"  # the DEAL template's words, learnable; "" = n_ctx random vectors
     n_ctx: int = 3
     init_std: float = 0.02
-    bank: str = ""  # shared-bank name ("deal/cub", "ph2") or bank JSON; "" = "ph2" on PH2 only, else required
+    bank: str = ""  # shared-bank name ("deal/cub", "ph2") or bank JSON; "" = the registered dataset's ("ph2" on PH2), else required
     class_map: dict[str, str] = field(default_factory=dict)  # dataset class -> bank class
     concepts: dict[str, list[str]] = field(default_factory=dict)  # class -> phrases; given lists beat the bank
     n_concepts: int = 5  # concepts per class: the reference code's first five ([:5]); 0 = all
@@ -179,8 +179,10 @@ class DEAL(Method):
         if self.multilabel:
             raise ConfigError("deal explains each image's own class: it needs a single-label dataset")
         given = dict(concepts) if concepts is not None else dict(c.concepts)
-        if not given and not c.bank and getattr(self.context.get("dataset"), "name", "") == "ph2":
-            c.bank = "ph2"  # the PH2 criteria per diagnosis (recorded in the config)
+        if not given and not c.bank:  # the registered dataset's bank (PH2: its criteria per diagnosis), recorded
+            from conceptclip.knowledge.resolve import default_bank
+
+            c.bank = default_bank("concepts", dataset=getattr(self.context.get("dataset"), "name", "") or "")
         if not given and not c.bank:  # never a default bank on another dataset's classes
             raise ConfigError("deal needs concepts: set bank (--set bank=deal/cub, ph2, ... or a bank JSON file) "
                               "or concepts={class: [phrases]}; the PH2 criteria are the default on PH2 only")
