@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from conceptclip.errors import ConfigError
+from conceptclip.knowledge.resolve import name_key
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
 from conceptclip.prompts import ContextPrompt, normalize
@@ -67,8 +68,6 @@ OTHER_DATASETS = (0.75, 0.75, 1.5)  # ours: per-value median of DATASET_TABLE
 
 def dataset_values(name: str | None) -> tuple[tuple[float, float, float], str]:
     """(lambda_SCCM, lambda_KDSP, tau) for dataset `name` and where they come from."""
-    from conceptclip.knowledge.resolve import name_key
-
     key = name_key(name or "")
     key = DATASET_ALIASES.get(key, key)
     if key in DATASET_TABLE:

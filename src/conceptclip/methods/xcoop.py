@@ -57,7 +57,7 @@ IRRELEVANT_CONCEPTS = (
 
 @dataclass
 class XCoOpConfig(MethodConfig):
-    bank: str = ""  # a shared-bank name or bank JSON file; "" = the registered dataset's bank ("ph2" on PH2's classes), else required
+    bank: str = ""  # a shared-bank name or bank JSON file; "" = the bank registered for these classes, else required
     class_map: dict[str, str] = field(default_factory=dict)  # dataset class -> bank class
     concept_prompts: dict[str, str] = field(default_factory=dict)  # class -> clinical prompt (beats `bank`)
     clinical_template: str = "paper"  # paper: PAPER_TEMPLATE | modality: MODALITY_TEMPLATE (needs `modality`)
