@@ -150,3 +150,23 @@ def test_xcoop_matches_bank_classes_like_every_method(tmp_path, tiny_clip):
     assert method.knowledge.concepts == {"apple pie": ["crust"], "Baklava": ["layers"]}
     deal = create_method("deal", tiny_clip, ["apple_pie", "Baklava"], {"bank": str(path)})
     assert deal.concept_lists.concepts == [["crust"], ["layers"]]
+
+
+def test_a_registered_concept_bank_is_the_default_of_deal_and_xcoop(tmp_path, tiny_clip):
+    """DEAL takes the bank of the run's dataset (by name), XCoOp the bank registered for its classes."""
+    from types import SimpleNamespace
+
+    from conceptclip.methods import create_method
+
+    path = save_bank(simple_bank("shapes", {"circle": ["round edge"], "square": ["four corners"]}, PROV),
+                     tmp_path / "bank.json")
+    try:
+        register_dataset(DatasetEntry("shapes-toy", lambda **kw: None, ("circle", "square"), {"concepts": str(path)}))
+        deal = create_method("deal", tiny_clip, ["circle", "square"], dataset=SimpleNamespace(name="shapes-toy"))
+        assert deal.config.bank == str(path) and deal.concept_lists.concepts == [["round edge"], ["four corners"]]
+        xcoop = create_method("xcoop", tiny_clip, ["Square", "circle"])
+        assert xcoop.knowledge.concepts == {"Square": ["four corners"], "circle": ["round edge"]}
+        with pytest.raises(ConfigError, match="deal needs concepts"):  # another dataset's name: no default
+            create_method("deal", tiny_clip, ["circle", "square"], dataset=SimpleNamespace(name="shapes"))
+    finally:
+        DATASETS.pop("shapes-toy", None)
