@@ -8,7 +8,7 @@ A `DatasetEntry` says how to load a named dataset and which shared bank (a name 
   classes are this dataset's classes); methods given no bank on other datasets refuse to guess;
 - `"annotations"`: the bank counted from this dataset's per-image annotations, whose phrases are
   the images' rationale truth (ECOR/DROR) and whose counts must leave out a run's test images
-  (`knowledge.resolve.load_bank(..., exclude=split.tested_ids())`).
+  (`knowledge.resolve.load_bank_any(..., exclude=split.tested_ids())`).
 
 Everything else (folders, CSV/JSON manifests) is named by its path. `register_dataset` adds an
 entry; the knowledge layer reads the table through `knowledge.resolve`.
