@@ -29,6 +29,7 @@ from conceptclip.explain.cam import GradCAM, vit_reshape
 from conceptclip.explain.method import gradcam_for, relevance_for
 from conceptclip.explain.similarity import similarity_maps
 from conceptclip.explain.targets import ClassTarget, ModelOutput
+from conceptclip.knowledge.resolve import default_bank
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
 from conceptclip.methods.coop import CoOp
@@ -47,7 +48,7 @@ class DEALConfig(MethodConfig):
     ctx_init: str = "an image of"  # the DEAL template's words, learnable; "" = n_ctx random vectors
     n_ctx: int = 3
     init_std: float = 0.02
-    bank: str = ""  # shared-bank name ("deal/cub", "ph2") or bank JSON; "" = "ph2" on PH2 only, else required
+    bank: str = ""  # shared-bank name ("deal/cub", "ph2") or bank JSON; "" = the dataset's registered bank, else required
     class_map: dict[str, str] = field(default_factory=dict)  # dataset class -> bank class
     concepts: dict[str, list[str]] = field(default_factory=dict)  # class -> phrases; given lists beat the bank
     n_concepts: int = 5  # concepts per class: the reference code's first five ([:5]); 0 = all
@@ -179,8 +180,8 @@ class DEAL(Method):
         if self.multilabel:
             raise ConfigError("deal explains each image's own class: it needs a single-label dataset")
         given = dict(concepts) if concepts is not None else dict(c.concepts)
-        if not given and not c.bank and getattr(self.context.get("dataset"), "name", "") == "ph2":
-            c.bank = "ph2"  # the PH2 criteria per diagnosis (recorded in the config)
+        if not given and not c.bank:  # the registered dataset's bank (PH2: its criteria per diagnosis), recorded
+            c.bank = default_bank("concepts", dataset=getattr(self.context.get("dataset"), "name", "") or "")
         if not given and not c.bank:  # never a default bank on another dataset's classes
             raise ConfigError("deal needs concepts: set bank (--set bank=deal/cub, ph2, ... or a bank JSON file) "
                               "or concepts={class: [phrases]}; the PH2 criteria are the default on PH2 only")
