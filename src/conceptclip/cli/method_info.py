@@ -159,7 +159,7 @@ def render(info: dict[str, Any], console) -> None:
     defaults = info["train_defaults"]
     keys = sorted({k for d in defaults.values() for k in d})
     if keys:
-        train = Table(title="training defaults (--train KEY=VALUE overrides)", title_justify="left")
+        train = Table(title="training defaults (--train KEY=VALUE)", title_justify="left")
         train.add_column("option")
         for split in defaults:
             train.add_column(split)
