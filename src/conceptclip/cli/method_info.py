@@ -159,7 +159,8 @@ def render(info: dict[str, Any], console) -> None:
     defaults = info["train_defaults"]
     keys = sorted({k for d in defaults.values() for k in d})
     if keys:
-        train = Table(title="training defaults (--train KEY=VALUE)", title_justify="left")
+        console.print("training defaults (--train KEY=VALUE):", markup=False, highlight=False)
+        train = Table()
         train.add_column("option")
         for split in defaults:
             train.add_column(split)
