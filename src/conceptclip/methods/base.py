@@ -26,7 +26,34 @@ from conceptclip.errors import ConfigError
 
 @dataclasses.dataclass
 class MethodConfig:
-    """Base of every method config."""
+    """Base of every method config: a dataclass that checks its own values when it is made (`validate`).
+
+    A field states its help and where its default comes from in its metadata (`option`):
+    "paper", "code: REPOSITORY/FILE" (the official code, where the paper is silent) or "ours"."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the field and what it expects (subclasses extend it). Default: nothing."""
+
+    def expect(self, ok: bool, name: str, expected: str) -> None:
+        """ConfigError "ClassName.name=value: expected ..." unless `ok`."""
+        if not ok:
+            raise ConfigError(f"{type(self).__name__}.{name}={getattr(self, name)!r}: expected {expected}")
+
+    def expect_choice(self, name: str, options: Sequence[Any]) -> None:
+        self.expect(getattr(self, name) in options, name, f"one of {tuple(options)}")
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", source: str = "paper", *,
+           factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with its help and the source of its default ("paper", "code: REPO/FILE" or "ours"),
+    the metadata `conceptclip methods NAME` prints; `factory` for a mutable default."""
+    meta = {"help": help, "source": source}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 _KIND = {bool: "true/false", int: "a number (an integer)", float: "a number (finite)", str: "text", list: "a JSON list",

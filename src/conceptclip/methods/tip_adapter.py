@@ -45,6 +45,7 @@ from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig
 from conceptclip.prompts import class_text_features, normalize
 from conceptclip.prompts.adapters import cache_logits
+from conceptclip.prompts.logits import clip_logits
 
 
 @dataclass
@@ -88,7 +89,6 @@ def search_alpha_beta(zs_logits: torch.Tensor, affinity: torch.Tensor, values: t
 @register_method("tip_adapter")
 class TipAdapter(Method):
     Config = TipAdapterConfig
-    inputs = frozenset({"features"})
     learn_keys = False
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
@@ -112,7 +112,7 @@ class TipAdapter(Method):
             self.register_buffer("cache_keys", keys.clone())
 
     def zeroshot_logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.backbone.logit_scale.detach() * normalize(features) @ self.classifier.t()
+        return clip_logits(features, self.classifier, self.backbone.logit_scale.detach())
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         f = normalize(batch["features"].float())
