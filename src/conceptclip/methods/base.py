@@ -31,6 +31,9 @@ class MethodConfig:
     A field states its help and where its default comes from in its metadata (`option`):
     "paper", "code: REPOSITORY/FILE" (the official code, where the paper is silent) or "ours"."""
 
+    # how `expect` names a field: "" = "ClassName." (a subclass may keep its method's earlier "name ")
+    error_prefix: ClassVar[str] = ""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -40,7 +43,8 @@ class MethodConfig:
     def expect(self, ok: bool, name: str, expected: str) -> None:
         """ConfigError "ClassName.name=value: expected ..." unless `ok`."""
         if not ok:
-            raise ConfigError(f"{type(self).__name__}.{name}={getattr(self, name)!r}: expected {expected}")
+            prefix = self.error_prefix or f"{type(self).__name__}."
+            raise ConfigError(f"{prefix}{name}={getattr(self, name)!r}: expected {expected}")
 
     def expect_choice(self, name: str, options: Sequence[Any]) -> None:
         self.expect(getattr(self, name) in options, name, f"one of {tuple(options)}")
