@@ -14,7 +14,7 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,14 @@ class MethodConfig:
 
     def expect_choice(self, name: str, options: Sequence[Any]) -> None:
         self.expect(getattr(self, name) in options, name, f"one of {tuple(options)}")
+
+
+def upgrade_saved_config(values: dict[str, Any], cls: type, new_fields: Collection[str],
+                         earlier: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before `new_fields` existed (every other field of `cls`, none of these) runs as it
+    was trained: its missing options take their `earlier` values. Any other config is returned as given."""
+    old = {f.name for f in dataclasses.fields(cls)} - set(new_fields)
+    return {**earlier, **values} if set(values) == old else values
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", source: str = "paper", *,

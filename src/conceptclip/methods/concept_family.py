@@ -11,18 +11,23 @@ of them are real (classes with fewer concepts are padded), `concept_lists` the p
 - a one-line rationale per image naming the concepts that contribute most to the predicted class;
 - Grad-CAM (any backbone) or Chefer relevance (ViTs) maps on pixels of the category and of each of
   its concepts, all in one backward pass (`ConceptMaps`).
+
+`ConceptDistanceExplanations` explains learned class prompts instead (XCoOp's textual explanation):
+one prompt per concept from the config's `concept_template`, cosine scores of images with them, and
+per image the concepts its predicted class's learned prompt lies nearest to.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 
 from conceptclip.errors import ConfigError
 from conceptclip.explain.method import gradcam_for, relevance_for
 from conceptclip.explain.targets import ClassTarget, ModelOutput
+from conceptclip.prompts import normalize
 
 
 @dataclass
@@ -45,7 +50,7 @@ class ConceptPromptExplanations:
     def n_classes(self) -> int:
         return len(self.classnames)
 
-    def concept_targets(self, classes: torch.Tensor) -> list[ClassTarget]:
+    def _targets(self, classes: torch.Tensor) -> list[ClassTarget]:
         """Category logit of each image's class, then its class's Kmax concept logits (over C + T outputs)."""
         rows = self.n_classes + self.concept_index[classes]  # (B, Kmax)
         return [ClassTarget(classes)] + [ClassTarget(rows[:, k]) for k in range(rows.shape[1])]
@@ -93,7 +98,7 @@ class ConceptPromptExplanations:
         classes = torch.as_tensor(classes, device=pixels.device).long()
         forward = self.pixel_forward(self.explain_text(text))
         tool = relevance_for(self.backbone, forward) if explainer == "chefer" else gradcam_for(self.backbone, forward)
-        res = tool.compute(pixels, self.concept_targets(classes), create_graph=create_graph)
+        res = tool.compute(pixels, self._targets(classes), create_graph=create_graph)
         return ConceptMaps(res.maps[:, 1:], res.maps[:, 0], self.concept_mask[classes], classes, res.scores)
 
     def explain(self, batch: dict[str, torch.Tensor], k: int = 3) -> dict[str, Any]:
@@ -116,3 +121,39 @@ class ConceptPromptExplanations:
             maps = self.heat_maps(batch["pixels"], pred)
             out.update(concept_maps=maps.concepts, category_map=maps.category, concept_mask=maps.mask)
         return out
+
+
+class ConceptDistanceExplanations:
+    """Mixin for a `Method` with learned class prompts (`text_features()`, (C, D)), concept names
+    (`concept_names`) and a config with `concept_template` (slots {concept}, optional {modality}) and
+    `modality`."""
+
+    @torch.no_grad()
+    def concept_features(self, concepts: Sequence[str] | None = None) -> torch.Tensor:
+        """L2-normalised features (K, D) of one prompt per concept (`concept_template`)."""
+        concepts = list(concepts) if concepts is not None else self.concept_names
+        if not concepts:
+            raise ConfigError(f"{self.name}: no clinical concepts to explain with (prompts were given as text; "
+                              "pass the concepts explicitly)")
+        texts = [self.config.concept_template.format(modality=self.config.modality, concept=k) for k in concepts]
+        return normalize(self.backbone.encode_texts(texts).float())
+
+    def concept_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """cos(f, concept prompt k) of each image (B, K), concepts in `concept_names` order."""
+        concepts = self.concept_features().to(batch["features"].device)
+        return normalize(batch["features"].float()) @ concepts.t()
+
+    @torch.no_grad()
+    def explain(self, batch: dict[str, torch.Tensor], k: int = 3) -> dict[str, Any]:
+        """Per image, a one-line rationale: the predicted class and the `k` concepts its learned prompt
+        lies nearest to (cosine distance, XCoOp's textual explanation)."""
+        from conceptclip.metrics.prompt_distance import prompt_concept_distance
+
+        if not self.concept_names:
+            return {}
+        dist = prompt_concept_distance(self.text_features().float().cpu(), self.concept_features().cpu())
+        pred = self.logits(batch).argmax(1).tolist()
+        nearest = {c: [self.concept_names[int(j)] for j in dist.ranking[c, :k]] for c in set(pred)}
+        return {"rationale": [f"{self.classnames[c]}: its learned prompt lies nearest to "
+                              f"{', '.join(nearest[c])}" for c in pred],
+                "nearest_concepts": {self.classnames[c]: v for c, v in nearest.items()}}

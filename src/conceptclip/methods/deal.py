@@ -260,7 +260,7 @@ class DEAL(ConceptPromptExplanations, Method):
             return ModelOutput(logits=clip_logits(pooled, text, scale))
 
         cam = GradCAM(forward, self.adapter, reshape=vit_reshape((side, side)))
-        res = cam.compute(patches, self.concept_targets(classes), create_graph=create_graph)
+        res = cam.compute(patches, self._targets(classes), create_graph=create_graph)
         return ConceptMaps(res.maps[:, 1:], res.maps[:, 0], mask, classes, res.scores)
 
     def regularisers(self, maps: ConceptMaps) -> tuple[torch.Tensor, torch.Tensor]:

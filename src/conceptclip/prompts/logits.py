@@ -1,5 +1,6 @@
-"""The two scores every CLIP-style prompt learner shares: scaled-cosine class logits, and the KL term
-that distils a teacher's prediction (zero-shot CLIP, a prompt ensemble) into the learned prompts.
+"""The scores CLIP-style prompt learners share: scaled-cosine class logits, plain cosines of global
+features and of pooled patch tokens, and the KL term that distils a teacher's prediction (zero-shot
+CLIP, a prompt ensemble) into the learned prompts.
 
     logits_bc = s * cos(f_b, t_c) = s * (f_b / ||f_b||) . t_c         (CLIP, Radford et al. 2021)
     L_KL      = T^2 * sum_{b,c} p^teacher_bc log(p^teacher_bc / p_bc) / N,   p = softmax(z / T)
@@ -27,6 +28,17 @@ def clip_logits(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | f
     if not normalized:
         image = F.normalize(image.to(text.dtype), dim=-1)
     return scale * image @ text.t()
+
+
+def global_similarity(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """cos(p, t_c) of global image features (B, E) and class features (C, E) -> (B, C), both normalised here."""
+    return F.normalize(features.to(text.dtype), dim=-1) @ F.normalize(text, dim=-1).t()
+
+
+def local_similarity(patches: torch.Tensor, text: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+    """(1/M) sum_m cos(f_m, t_c) of patch tokens (B, M, E) and class features (C, E) -> (B, C) ("max": max over m)."""
+    sim = F.normalize(patches.to(text.dtype), dim=-1) @ F.normalize(text, dim=-1).t()  # (B, M, C)
+    return sim.mean(1) if pool == "mean" else sim.amax(1)
 
 
 def kl_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
