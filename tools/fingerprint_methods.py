@@ -135,6 +135,7 @@ def fingerprint(backbone, label: str, name: str, config: dict[str, Any], kwargs:
     b = batch(backbone)
     out: dict[str, Any] = {"config": digest(dict(sorted(vars(method.config).items()))),
                            "describe": json.loads(json.dumps(method.describe(), default=repr))}
+    out["train_defaults"] = {str(k): type(method).train_defaults_for(k) for k in (None, 1, 4, 16)}
     out["state_0"] = digest(method.learned_state())
     train, val = batch(backbone, 9, 1), batch(backbone, 6, 2)
     chosen = method.fit_closed_form({k: train[k] for k in ("features", "labels")},

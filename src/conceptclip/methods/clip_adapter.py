@@ -20,6 +20,7 @@ import torch
 
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig, option
+from conceptclip.methods.coop import CoOp
 from conceptclip.prompts import class_text_features
 from conceptclip.prompts.adapters import BottleneckAdapter, residual_blend
 from conceptclip.prompts.logits import clip_logits
@@ -34,8 +35,7 @@ class CLIPAdapterConfig(MethodConfig):
 @register_method("clip_adapter")
 class CLIPAdapter(Method):
     Config = CLIPAdapterConfig
-    train_defaults = {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 200, "warmup_epochs": 1,
-                      "warmup_lr": 1e-5}
+    train_defaults = {**CoOp.train_defaults, "epochs": 200}  # CoOp's schedule for the paper's 200 epochs
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)

@@ -21,6 +21,7 @@ import torch
 
 from conceptclip.methods import register_method
 from conceptclip.methods.base import option
+from conceptclip.methods.coop import CoOp
 from conceptclip.methods.coop_family import ContextMethod, PhraseContextConfig
 from conceptclip.prompts import normalize
 from conceptclip.prompts.meta_net import MetaNet, conditioned_context
@@ -38,8 +39,7 @@ class CoCoOpConfig(PhraseContextConfig):
 @register_method("cocoop")
 class CoCoOp(ContextMethod):
     Config = CoCoOpConfig
-    train_defaults = {"optimizer": "sgd", "lr": 0.002, "batch_size": 4, "epochs": 10, "warmup_epochs": 1,
-                      "warmup_lr": 1e-5}
+    train_defaults = {**CoOp.train_defaults, "batch_size": 4, "epochs": 10}  # CoOp's, 10 epochs of batch 4
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)

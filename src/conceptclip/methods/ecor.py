@@ -46,8 +46,7 @@ FALSE_CONDITIONING = "There is {rationale} because this is a photo of a {classna
 class EcorConfig(RationaleConfig):
     model: str = option("ecor", "ecor: P(R|I) P(c|R,I) | conditional: P(c|R,I) alone (AB3) | independent: "
                                 "P(c|I) P(R|I) (AB5) | inverse: P(c|I) P(R|c,I) (AB6)")
-    train_on: str = option("model", "model: its own terms | rationales: Eq. 9 only (AB1) | categories: P(c|I) only "
-                                    "(AB2)")
+    train_on: str = option("model", "model: its own terms | rationales: Eq. 9 only (AB1) | categories: P(c|I) (AB2)")
     conditional_softmax: str = option("all", "all: Eq. 5 over every conditional prompt | grouped: within R (ours)")
     class_template: str = option("This is a photo of a {classname}.", "Prompt_c of AB2 / AB5 / AB6 (Sec. IV-D)")
     lam: float = option(1.0, "weight of the conditional term (1: the paper's plain sum, Eqs. 9-10; others ours)")

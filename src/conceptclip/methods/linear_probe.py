@@ -63,7 +63,6 @@ def objective_gradient(coef: np.ndarray, intercept: np.ndarray, x: np.ndarray, y
 @register_method("linear_probe")
 class LinearProbe(Method):
     Config = LinearProbeConfig
-    inputs = frozenset({"features"})
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)

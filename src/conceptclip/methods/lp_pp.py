@@ -91,7 +91,6 @@ def lp_pp_logits(x: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor, text: to
 @register_method("lp_pp")
 class LPPP(Method):
     Config = LPPPConfig
-    inputs = frozenset({"features"})
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
