@@ -34,7 +34,8 @@ class ContextConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        self.expect(isinstance(self.ctx_init, str), "ctx_init", "text (empty: random context vectors)")
+        self.expect(self.ctx_init is None or isinstance(self.ctx_init, str), "ctx_init",
+                    "text (empty: random context vectors)")
         self.expect(bool(self.ctx_init) or self.n_ctx >= 1, "n_ctx", "a positive number of context tokens")
         self.expect_choice("class_token_position", POSITIONS)
         self.expect(self.init_std >= 0, "init_std", "a non-negative standard deviation")
