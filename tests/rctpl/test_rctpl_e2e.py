@@ -197,3 +197,26 @@ def test_hand_prompt_baseline_run_without_training(tiny_clip, tmp_path):
     ids = tiny_clip.tokenize(["a chest x ray showing"]).input_ids[0, 1:-1]
     torch.testing.assert_close(state["report_prompt.ctx"], tiny_clip.token_embedding(ids).detach())
     torch.testing.assert_close(state["concept_prompt.ctx"], state["report_prompt.ctx"])
+
+
+def test_resume_follows_the_engine_writer(run, files, tmp_path):
+    """RC-TPL's folder is written by the engine's one writer: a run stopped after epoch 1 and resumed to
+    epochs=2 ends with the uninterrupted run's weights bit for bit, records the change under "resumed",
+    and a resume with another lr is refused naming the key."""
+    from conceptclip.io import load_tensors
+
+    base = ["--reports", str(files / "reports.jsonl"), "--backbone", "tiny-clip", "--classes", ",".join(CLASSES),
+            "--no-description", "--train", "batch_size=4", "--train", "lr=0.01", "--train", "progress=false",
+            "--device", "cpu"]
+    out = tmp_path / "resumed"
+    assert _cli("rctpl", "train", "-o", str(out), *base, "--train", "epochs=1").exit_code == 0
+    (out / "metrics.json").unlink()  # as if stopped after its first epoch's checkpoint
+    refused = _cli("rctpl", "train", "-o", str(out), *base, "--train", "epochs=2", "--train", "lr=0.5", "--resume")
+    assert refused.exit_code != 0 and "train.lr 0.01 -> 0.5" in str(refused.exception or refused.output)
+    res = _cli("rctpl", "train", "-o", str(out), *base, "--train", "epochs=2", "--resume")
+    assert res.exit_code == 0, res.output
+    got, want = load_tensors(out / "model.safetensors"), load_tensors(run / "model.safetensors")
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["resumed"] == [{"from_epoch": 1, "changed": {"epochs": {"from": 1, "to": 2}}}]
+    assert json.loads((out / "metrics.json").read_text())["resumed_from_epoch"] == 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conceptclip.errors import ConfigError
-from conceptclip.methods.rctpl import ranking_loss
+from conceptclip.rctpl.method import ranking_loss
 from conceptclip.prompts.local import softmax_pool
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from conceptclip.errors import ConfigError
 from conceptclip.methods import available_methods, create_method
-from conceptclip.methods.rctpl import ranking_loss
+from conceptclip.rctpl.method import ranking_loss
 from conceptclip.prompts.local import softmax_pool
 
 CLASSES = ["effusion", "cardiomegaly", "opacity"]

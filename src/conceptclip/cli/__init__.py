@@ -18,10 +18,10 @@ from conceptclip.cli import commands  # noqa: F401  (registers align, train, eva
 from conceptclip.cli.bench import bench_app
 from conceptclip.cli.concepts import concepts_app
 from conceptclip.cli.explain import explain_app
-from conceptclip.cli.rctpl import rctpl_app
 from conceptclip.cli.report import report_app
 from conceptclip.cli.serve import serve_app
 from conceptclip.errors import ConceptClipError
+from conceptclip.rctpl.cli import rctpl_app
 
 for _sub, _name in ((concepts_app, "concepts"), (bench_app, "bench"), (explain_app, "explain"),
                     (rctpl_app, "rctpl"), (report_app, "report"), (serve_app, "serve")):

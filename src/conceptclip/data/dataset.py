@@ -327,29 +327,3 @@ def from_json(path: str | Path, root: str | Path | None = None, *, allow_outside
                             "image", "label", bool(doc.get("multilabel", False)),
                             doc.get("template", "a photo of a {}."), allow_outside_root,
                             min_label_rows=min_label_rows)
-
-
-def load_dataset(spec: str | Path, *, classes: str | Path | list[str] | None = None, **kwargs: Any) -> Dataset:
-    """`ph2` (the embedded default), a class-folder directory, a .csv or a .json manifest.
-
-    `classes`: the class list in index order (a list, comma-separated names or a file with one
-    per line, see `read_class_list`); for a CSV/JSON manifest it fixes the classes and their order,
-    for a folder or `ph2` it must equal the dataset's own classes."""
-    spec_s = str(spec)
-    names = None if classes is None else list(classes) if isinstance(classes, list) else read_class_list(classes)
-    path = Path(spec_s)
-    if spec_s != "ph2" and not path.is_dir() and path.suffix.lower() in (".csv", ".json"):
-        loader = from_csv if path.suffix.lower() == ".csv" else from_json
-        return loader(path, classnames=names, **kwargs)
-    if spec_s == "ph2":
-        from conceptclip.data.ph2 import load_ph2
-
-        ds = load_ph2(**kwargs)
-    elif path.is_dir():
-        ds = from_folder(path, **kwargs)
-    else:
-        raise DataError(f"dataset {spec_s!r}: expected 'ph2', a folder of class sub-folders, a .csv or a .json manifest")
-    if names is not None and names != ds.classnames:
-        raise DataError(f"--classes {names}: dataset {spec_s!r} has the classes {ds.classnames} (from its "
-                        "folders); a class list reorders only CSV/JSON manifests")
-    return ds

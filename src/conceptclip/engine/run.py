@@ -1,5 +1,9 @@
 """Run one experiment end to end and write its results folder.
 
+`run_prepared` is the one writer of a results folder: `run_experiment` (a dataset and a split)
+and RC-TPL's text-only training (`rctpl.train`, encoded reports) both hand it their prepared
+parts: the built method (`build_method`), its train config, config.json and the data parts.
+
     out/
       config.json        method, its config, train config, backbone spec and weights id, dataset fingerprint
       split.json         the split manifest the run read (its sha256 is in config.json)
@@ -23,7 +27,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -31,11 +35,11 @@ from conceptclip.data.dataset import Dataset
 from conceptclip.data.feature_cache import FeatureCache
 from conceptclip.data.splits import Split, write_split
 from conceptclip.engine.config import RESUME_CHANGEABLE, TrainConfig
-from conceptclip.engine.data import build_parts
+from conceptclip.engine.data import Part, build_parts
 from conceptclip.engine.evaluate import classification_metrics, predict
 from conceptclip.engine.files import bundle_files, sha256_file
 from conceptclip.engine.predictions import labelled_rows, write_labelled
-from conceptclip.engine.trainer import fit, make_fabric, seed_everything
+from conceptclip.engine.trainer import FitResult, fit, make_fabric, seed_everything
 from conceptclip.errors import ConfigError
 from conceptclip.io import save_tensors, write_json, write_text
 from conceptclip.methods import create_method
@@ -176,6 +180,70 @@ def resume_config(out: Path, config: dict[str, Any], cfg: TrainConfig) -> dict[s
     return new
 
 
+def build_method(method_name: str, backbone, classnames: Sequence[str], method_config: dict[str, Any] | None,
+                 train_config: dict[str, Any] | None, *, shots: int | None = None, **kwargs: Any):
+    """(method, TrainConfig) of a run: seed first (parameter init is seeded too), build the method,
+    then its training config: the method's (paper's) defaults for `shots` overridden by `train_config`."""
+    seed_everything(int((train_config or {}).get("seed", TrainConfig.seed)))
+    method = create_method(method_name, backbone, classnames, method_config, **kwargs)
+    return method, TrainConfig.from_dict({**method.train_defaults_for(shots), **(train_config or {})})
+
+
+def backbone_entry(backbone) -> tuple[str, str | None]:
+    """(the backbone spec config.json records, the lite heads file the folder gets a copy of, or None)."""
+    heads = getattr(backbone, "heads_path", None)
+    return ("lite:lite_heads.safetensors" if heads else backbone.name), heads
+
+
+Finish = Callable[[Path, Any, dict[str, Part], FitResult, Any], dict[str, Any]]
+
+
+def run_prepared(out: str | Path, mode: str, method, cfg: TrainConfig, config: dict[str, Any],
+                 parts: dict[str, Part] | Callable[[], dict[str, Part]], finish: Finish, *,
+                 heads: str | None = None, prepare: Callable[[Path], None] | None = None,
+                 steps: bool = False) -> dict[str, Any]:
+    """The one writer of a results folder, from prepared parts: an already-built `method` (see
+    `build_method`), its training config `cfg`, the `config` that config.json holds, and the data
+    `parts` ("train", optional "val" for validation and selection, any others for `finish`), or a
+    function building them once the folder is claimed.
+
+    `mode` is `check_run_dir`'s answer (checked before anything was built); a "resume" config is
+    checked against the run's (`resume_config`). In the claimed folder: `prepare(out)` (files that
+    go with the config), a copy of the lite `heads`, config.json, then the fit (checkpoint.safetensors
+    after every epoch), model.safetensors, history.jsonl, with `steps` the loss terms of every
+    training step (steps.jsonl), and last metrics.json: what `finish(out, method, parts, result,
+    fabric)` returns (it may write further files, e.g. predictions.csv)."""
+    out = Path(out)
+    if mode == "resume":
+        config = resume_config(out, config, cfg)
+    with claim_run_dir(out, mode) as out:
+        if prepare is not None:
+            prepare(out)
+        if heads:
+            shutil.copyfile(heads, out / "lite_heads.safetensors")
+        write_json(out / "config.json", config)
+        if callable(parts):
+            parts = parts()
+        fabric = make_fabric(cfg)
+        records: list[dict[str, float]] = []
+        hook = method.register_forward_hook(  # the loss terms of every training step (a finer loss curve)
+            lambda _m, _i, terms: records.append({k: round(float(v.detach()), 6) for k, v in terms.items()})
+            if method.training else None) if steps else None
+        try:
+            result = fit(method, parts["train"], parts.get("val"), cfg, checkpoint=out / "checkpoint.safetensors",
+                         fabric=fabric)
+        finally:
+            if hook is not None:
+                hook.remove()
+        save_tensors(out / "model.safetensors", method.learned_state(), metadata={"method": method.name})
+        write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
+        if records:
+            write_text(out / "steps.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        metrics = finish(out, method, parts, result, fabric)
+        write_json(out / "metrics.json", metrics)
+        return metrics
+
+
 def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, out: str | Path, *,
                    method_config: dict[str, Any] | None = None, train_config: dict[str, Any] | None = None,
                    overwrite: bool = False, resume: bool = False, cache: FeatureCache | None = None,
@@ -189,22 +257,19 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
     classnames = dataset.classnames
     if split.classes.get("base"):
         classnames = split.classes["base"]
-    seed_everything(int((train_config or {}).get("seed", TrainConfig.seed)))  # parameter init is seeded too
     # knowledge counted from per-image annotations (e.g. PH2 criteria per diagnosis) never reads the
     # tested images (load_run derives the same list from split.json)
     method_kwargs = {"knowledge_exclude": split.tested_ids(), **(method_kwargs or {})}
-    method = create_method(method_name, backbone, classnames, method_config, template=dataset.template,
-                           multilabel=dataset.multilabel, dataset=dataset, **method_kwargs)
-    cfg = TrainConfig.from_dict({**method.train_defaults_for(split.params.get("shots")), **(train_config or {})})
-    backbone_spec = backbone.name
+    method, cfg = build_method(method_name, backbone, classnames, method_config, train_config,
+                               shots=split.params.get("shots"), template=dataset.template,
+                               multilabel=dataset.multilabel, dataset=dataset, **method_kwargs)
     # a self-contained folder: files named by the method's options and the aligned lite heads are
     # copied into it, with their sha256 (engine.files); copied once the folder is claimed
     described = method.describe()
     raw_method_config = described.get("config", {})
     described["config"], files = bundle_files(raw_method_config, out, copy=False)
-    heads = getattr(backbone, "heads_path", None)
+    backbone_spec, heads = backbone_entry(backbone)
     if heads:
-        backbone_spec = "lite:lite_heads.safetensors"
         files["backbone"] = {"path": "lite_heads.safetensors", "sha256": sha256_file(heads),
                              "source": str(Path(heads).resolve())}
     config = {"method": described, "train": dataclasses.asdict(cfg), "backbone": backbone_spec, "files": files,
@@ -212,31 +277,25 @@ def run_experiment(method_name: str, dataset: Dataset, split: Split, backbone, o
               "backbone_weights": backbone.weights_id(), "dataset": dataset.name,
               "dataset_fingerprint": dataset.fingerprint(), "split_sha256": split.sha256(), "split_kind": split.kind,
               "split_params": split.params}
-    if mode == "resume":
-        config = resume_config(out, config, cfg)
-    with claim_run_dir(out, mode) as out:
-        return _run_in(out, method, method_name, dataset, split, backbone, cfg, config, cache, heads,
-                       raw_method_config, method_config, method_kwargs)
+
+    def prepare(out: Path) -> None:
+        write_split(split, out / "split.json")
+        bundle_files(raw_method_config, out)
+
+    def parts() -> dict[str, Part]:  # views are seeded apart from the run: one cache for all seeds
+        return build_parts(dataset, split.parts, method.inputs, backbone, cache, num_workers=cfg.num_workers,
+                           views=cfg.augment_views)
+
+    def finish(out: Path, method, parts: dict[str, Part], result: FitResult, fabric) -> dict[str, Any]:
+        return _test(out, method, method_name, dataset, split, backbone, parts, result, fabric, method_config,
+                     method_kwargs)
+
+    return run_prepared(out, mode, method, cfg, config, parts, finish, heads=heads, prepare=prepare)
 
 
-def _run_in(out: Path, method, method_name: str, dataset: Dataset, split: Split, backbone, cfg: TrainConfig,
-            config: dict[str, Any], cache: FeatureCache, heads, raw_method_config, method_config,
-            method_kwargs) -> dict[str, Any]:
-    """The part of `run_experiment` that writes into the (claimed) results folder."""
-    write_split(split, out / "split.json")
-    bundle_files(raw_method_config, out)
-    if heads:
-        shutil.copyfile(heads, out / "lite_heads.safetensors")
-    write_json(out / "config.json", config)
-
-    parts = build_parts(dataset, split.parts, method.inputs, backbone, cache, num_workers=cfg.num_workers,
-                        views=cfg.augment_views)  # views are seeded apart from the run: one cache for all seeds
-    fabric = make_fabric(cfg)
-    result = fit(method, parts["train"], parts.get("val"), cfg, checkpoint=out / "checkpoint.safetensors",
-                 fabric=fabric)
-    save_tensors(out / "model.safetensors", method.learned_state(), metadata={"method": method_name})
-    write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
-
+def _test(out: Path, method, method_name: str, dataset: Dataset, split: Split, backbone, parts: dict[str, Part],
+          result: FitResult, fabric, method_config, method_kwargs) -> dict[str, Any]:
+    """`run_experiment`'s metrics: the fit's summary and each test part once (predictions.csv)."""
     metrics: dict[str, Any] = {"method": method_name, "fit_seconds": round(result.seconds, 3),
                                "best_epoch": result.best_epoch, "val_score": result.best_score,
                                "selection": result.selection,
@@ -262,7 +321,6 @@ def _run_in(out: Path, method, method_name: str, dataset: Dataset, split: Split,
         b, n = metrics["test_base"]["accuracy"], metrics["test_novel"]["accuracy"]
         metrics["harmonic_mean"] = 2 * b * n / (b + n) if b + n > 0 else 0.0
     write_labelled(out / "predictions.csv", method.classnames, rows)
-    write_json(out / "metrics.json", metrics)
     return metrics
 
 

@@ -114,12 +114,22 @@ def explain_method(method: Any, pixels: torch.Tensor, targets: Sequence[Target] 
 
 
 def method_text_features(method: Any) -> torch.Tensor:
-    """The class text features (C, D) a prompt method scores images against."""
+    """The class text features (C, D) a prompt method scores images against. A method whose class
+    prompts depend on the image (CoCoOp's `text_features(image_features)`) has none: ConfigError."""
+    import inspect
+
+    name = getattr(method, "name", type(method).__name__)
     tf = getattr(method, "text_features", None)
-    tf = tf() if callable(tf) else tf
+    if callable(tf):
+        required = [p for p in inspect.signature(tf).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if required:
+            raise ConfigError(f"method {name!r} conditions its class prompts on each image "
+                              f"(text_features({', '.join(p.name for p in required)})): no image-independent "
+                              "class text features to draw similarity maps from")
+        tf = tf()
     if not isinstance(tf, torch.Tensor) or tf.dim() != 2:
-        raise ConfigError(f"method {getattr(method, 'name', type(method).__name__)!r} exposes no class text "
-                          "features (text_features)")
+        raise ConfigError(f"method {name!r} exposes no class text features (text_features)")
     return tf
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from conceptclip.errors import KnowledgeError
+import conceptclip.knowledge.skin as skin
 from conceptclip.knowledge.schema import ClassEntry, Concept, ConceptBank, Provenance
 from conceptclip.paths import shared_data_dir
 
@@ -228,24 +229,39 @@ def cupl_bank(root: str | os.PathLike | None = None) -> ConceptBank:
 
 
 # ---- registry ----------------------------------------------------------------------------
-def _registry(root: str | os.PathLike | None = None) -> dict[str, Callable[[], ConceptBank]]:
-    from conceptclip.knowledge import skin
+def _ph2_bank(labels: Path, exclude: Collection[str] | None) -> ConceptBank:
+    """The PH2 criteria bank, counted without the images in `exclude` (when given and not empty)."""
+    if not exclude:
+        return skin.ph2_bank(labels)
+    drop = set(exclude)
+    return skin.ph2_bank(labels, ids=[i for i in skin.ph2_diagnoses(labels) if i not in drop])
 
-    reg: dict[str, Callable[[], ConceptBank]] = {}
+
+# Banks counted from a dataset's per-image annotations: bank name -> (annotation file in the dataset's
+# folder, reader of {image id: phrases}). These banks honour `exclude` (a run's test images).
+IMAGE_ANNOTATIONS: dict[str, tuple[str, Callable[[Path], dict[str, list[str]]]]] = {
+    "ph2": ("labels.csv", skin.ph2_concepts_per_image),
+}
+
+
+def _registry(root: str | os.PathLike | None = None) -> dict[str, Callable[..., ConceptBank]]:
+    """name -> loader(exclude=None); `exclude` (image ids) matters only to banks that count images."""
+    reg: dict[str, Callable[..., ConceptBank]] = {}
     for d in (*BIOMEDCOOP_DATASETS, "_other_classes"):
-        reg[f"biomedcoop/{d}"] = lambda d=d: biomedcoop_bank(d, root)
+        reg[f"biomedcoop/{d}"] = lambda exclude=None, d=d: biomedcoop_bank(d, root)
     bdir = banks_dir(root)
     for p in sorted((bdir / "deal").glob("my_*.json")):
-        reg[f"deal/{_stem(p)}"] = lambda s=_stem(p): deal_bank(s, root)
+        reg[f"deal/{_stem(p)}"] = lambda exclude=None, s=_stem(p): deal_bank(s, root)
     for p in sorted((bdir / "dror" / "descriptors").glob("my_*.json")):
-        reg[f"dror/{_stem(p)}"] = lambda s=_stem(p): dror_descriptor_bank(s, root)
-    reg["dror/rationale_imagenet"] = lambda: dror_rationale_bank(root)
-    reg["medklip/observations"] = lambda: medklip_bank(root)
-    reg["cupl/imagenet"] = lambda: cupl_bank(root)
+        reg[f"dror/{_stem(p)}"] = lambda exclude=None, s=_stem(p): dror_descriptor_bank(s, root)
+    reg["dror/rationale_imagenet"] = lambda exclude=None: dror_rationale_bank(root)
+    reg["medklip/observations"] = lambda exclude=None: medklip_bank(root)
+    reg["cupl/imagenet"] = lambda exclude=None: cupl_bank(root)
     data = bdir.parent
-    reg["ph2"] = lambda: skin.ph2_bank(data / "ph2" / "labels.csv")
-    reg["derm7pt"] = lambda: skin.derm7pt_bank(data / "concepts" / "derm7pt")
-    reg["skincon"] = lambda: skin.skincon_bank(data / "concepts" / "skincon")
+    reg["ph2"] = lambda exclude=None: _ph2_bank(data / "ph2" / "labels.csv", exclude)
+    # Derm7pt and SkinCon count their own images, which no loadable dataset names: nothing to exclude
+    reg["derm7pt"] = lambda exclude=None: skin.derm7pt_bank(data / "concepts" / "derm7pt")
+    reg["skincon"] = lambda exclude=None: skin.skincon_bank(data / "concepts" / "skincon")
     return reg
 
 
@@ -254,9 +270,22 @@ def list_shared_banks(root: str | os.PathLike | None = None) -> list[str]:
     return list(_registry(root))
 
 
-def load_shared_bank(name: str, root: str | os.PathLike | None = None) -> ConceptBank:
-    """Load a bank by its registry name, e.g. "biomedcoop/BUSI", "deal/cub", "ph2"."""
+def load_shared_bank(name: str, root: str | os.PathLike | None = None,
+                     exclude: Collection[str] | None = None) -> ConceptBank:
+    """Load a bank by its registry name, e.g. "biomedcoop/BUSI", "deal/cub", "ph2". `exclude`: image
+    ids (a run's test images) that a bank counted from per-image annotations ("ph2") must not count;
+    ids of other datasets exclude nothing, and banks that do not count images ignore it."""
     reg = _registry(root)
     if name not in reg:
         raise KnowledgeError(f"unknown bank name {name!r}; known: {', '.join(reg) or '(none: shared data missing)'}")
-    return reg[name]()
+    return reg[name](exclude=exclude)
+
+
+def image_annotations(bank: str, folder: str | os.PathLike) -> dict[str, list[str]] | None:
+    """{image id: annotated phrases} of the dataset in `folder` for a bank counted from per-image
+    annotations (`IMAGE_ANNOTATIONS`), or None when the bank counts no images or the file is absent."""
+    if bank not in IMAGE_ANNOTATIONS:
+        return None
+    file, read = IMAGE_ANNOTATIONS[bank]
+    path = Path(folder) / file
+    return read(path) if path.is_file() else None

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from conceptclip.errors import KnowledgeError
-from conceptclip.knowledge import report_vocab as V
+import conceptclip.knowledge.report_vocab as V
 
 POLARITIES = ("positive", "negative", "uncertain")
 

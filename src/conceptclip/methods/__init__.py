@@ -31,6 +31,7 @@ def _load_all() -> None:
     for mod in pkgutil.iter_modules(__path__):
         if mod.name not in ("base",):
             importlib.import_module(f"{__name__}.{mod.name}")
+    importlib.import_module("conceptclip.rctpl.method")  # RC-TPL lives with its text-only pipeline
 
 
 def available_methods() -> list[str]:

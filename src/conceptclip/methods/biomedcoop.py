@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from conceptclip.errors import ConfigError
+from conceptclip.knowledge.resolve import name_key
 from conceptclip.methods import register_method
 from conceptclip.methods.base import option
 from conceptclip.methods.coop_family import ContextMethod, PhraseContextConfig
@@ -69,7 +70,7 @@ OTHER_DATASETS = (0.75, 0.75, 1.5)  # ours: per-value median of DATASET_TABLE
 
 def dataset_values(name: str | None) -> tuple[tuple[float, float, float], str]:
     """(lambda_SCCM, lambda_KDSP, tau) for dataset `name` and where they come from."""
-    key = "".join(ch for ch in (name or "").lower() if ch.isalnum())
+    key = name_key(name or "")
     key = DATASET_ALIASES.get(key, key)
     if key in DATASET_TABLE:
         return DATASET_TABLE[key], f"official few-shot config {key}.yaml"
@@ -200,7 +201,8 @@ class BiomedCoOp(ContextMethod):
                                        {n: "given" for n in self.classnames})
         else:
             known = [n.replace("_", " ") for n in dataset.classnames] if dataset is not None else None
-            self.ensembles = resolve_ensembles(self.classnames, c.bank, c.class_map, all_classes=known)
+            self.ensembles = resolve_ensembles(self.classnames, c.bank, c.class_map, all_classes=known,
+                                               exclude=self.context.get("knowledge_exclude"))
             if c.bank and all(s.startswith("templates") for s in self.ensembles.sources.values()):
                 raise ConfigError(f"biomedcoop bank={c.bank!r} describes none of the classes {self.classnames}: "
                                   "map them with class_map={dataset class: bank class} or leave bank empty "

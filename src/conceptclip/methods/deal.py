@@ -28,6 +28,7 @@ from conceptclip.errors import ConfigError, PromptLengthError
 from conceptclip.explain.cam import GradCAM, vit_reshape
 from conceptclip.explain.similarity import similarity_maps
 from conceptclip.explain.targets import ModelOutput
+from conceptclip.knowledge.resolve import default_bank
 from conceptclip.methods import register_method
 from conceptclip.methods.base import Method, MethodConfig, option
 from conceptclip.methods.concept_family import ConceptMaps, ConceptPromptExplanations
@@ -52,8 +53,8 @@ class DEALConfig(MethodConfig):
                                           "vectors")
     n_ctx: int = option(3, "context tokens when ctx_init is empty", "ours")
     init_std: float = option(0.02, "std of a random context initialisation", "code: KaiyangZhou/CoOp trainers/coop.py")
-    bank: str = option("", "shared-bank name ('deal/cub', 'ph2') or bank JSON; '' = 'ph2' on PH2 only, else required",
-                       "ours")
+    bank: str = option("", "shared-bank name ('deal/cub', 'ph2') or bank JSON; '' = the dataset's registered bank, "
+                           "else required", "ours")
     class_map: dict[str, str] = option(help="dataset class -> bank class", source="ours", factory=dict)
     concepts: dict[str, list[str]] = option(help="class -> phrases; given lists beat the bank", source="ours",
                                             factory=dict)
@@ -162,8 +163,8 @@ class DEAL(ConceptPromptExplanations, Method):
         if self.multilabel:
             raise ConfigError("deal explains each image's own class: it needs a single-label dataset")
         given = dict(concepts) if concepts is not None else dict(c.concepts)
-        if not given and not c.bank and getattr(self.context.get("dataset"), "name", "") == "ph2":
-            c.bank = "ph2"  # the PH2 criteria per diagnosis (recorded in the config)
+        if not given and not c.bank:  # the registered dataset's bank (PH2: its criteria per diagnosis), recorded
+            c.bank = default_bank("concepts", dataset=getattr(self.context.get("dataset"), "name", "") or "")
         if not given and not c.bank:  # never a default bank on another dataset's classes
             raise ConfigError("deal needs concepts: set bank (--set bank=deal/cub, ph2, ... or a bank JSON file) "
                               "or concepts={class: [phrases]}; the PH2 criteria are the default on PH2 only")

@@ -49,7 +49,6 @@ CHOICES = {"knowledge": ("clinical", "random", "irrelevant"), "local_pool": ("me
 PAPER_TEMPLATE = PromptTemplate("xcoop_paper", "a photo of {classname}, with {concepts}.", last_joiner=", and ",
                                 reference="XCoOp Sec. 2.1 example clinical prompt")
 MODALITY_TEMPLATE = PromptTemplate("xcoop", "a {modality} image of {classname}, which has {concepts}.")
-PH2_CLASSES = frozenset({"common nevus", "atypical nevus", "melanoma"})  # the classes of the default bank "ph2"
 # Knowledge intervention "irrelevant": everyday-object phrases in place of the clinical concepts.
 IRRELEVANT_CONCEPTS = (
     "four wheels", "a steering wheel", "a wooden handle", "green leaves", "a brick wall", "a cloudy sky",
@@ -65,7 +64,8 @@ XCOOP_CODE = "code: Tommy-Bie/XCoOp prompting/xcoop.py"
 class XCoOpConfig(MethodConfig):
     error_prefix = "xcoop "
 
-    bank: str = option("", "a shared-bank name or bank JSON file; '' = 'ph2' on PH2's classes, else required", "ours")
+    bank: str = option("", "a shared-bank name or bank JSON file; '' = the bank registered for these classes, else "
+                           "required", "ours")
     class_map: dict[str, str] = option(help="dataset class -> bank class", source="ours", factory=dict)
     concept_prompts: dict[str, str] = option(help="class -> clinical prompt (beats `bank`)", source="ours",
                                              factory=dict)
@@ -185,7 +185,7 @@ def fill_clinical(config: XCoOpConfig, classname: str, concepts: list[str]) -> s
 def resolve_knowledge(config: XCoOpConfig, classnames: Sequence[str],
                       bank_exclude: Sequence[str] | None = None) -> Knowledge:
     """The clinical concepts and prompts of every class, from `concept_prompts` or the bank (a bank
-    counted from per-image annotations never counts `bank_exclude`, see `load_bank_any`)."""
+    counted from per-image annotations never counts `bank_exclude`; `knowledge.resolve`)."""
     from conceptclip.knowledge.prompts import select_concepts
 
     if config.concept_prompts:
@@ -194,26 +194,26 @@ def resolve_knowledge(config: XCoOpConfig, classnames: Sequence[str],
             raise ConfigError(f"xcoop concept_prompts: no prompt for classes {missing}")
         return Knowledge({c: [] for c in classnames}, {c: {} for c in classnames},
                          {c: config.concept_prompts[c] for c in classnames}, "given prompts")
-    from conceptclip.prompts.ensembles import load_bank_any
+    from conceptclip.knowledge.resolve import default_bank, resolve_bank
 
     name = config.bank
     if not name:
-        mapped = {config.class_map.get(c, c).replace("_", " ") for c in classnames}
-        if mapped != PH2_CLASSES:
+        name = default_bank("concepts", classnames=[config.class_map.get(c, c) for c in classnames])
+        if not name:
             raise ConfigError(f"xcoop needs clinical knowledge for classes {list(classnames)}: set bank=NAME or "
                               "bank=FILE.json (map names with class_map) or concept_prompts={class: prompt}; the "
                               "default bank 'ph2' is used only for PH2's classes (common nevus, atypical nevus, melanoma)")
-        name = "ph2"
     if config.clinical_template == "modality" and not config.modality.strip():
         raise ConfigError("xcoop clinical_template='modality' needs modality=... (e.g. dermoscopy)")
-    bank = load_bank_any(name, exclude=bank_exclude)
+    resolved = resolve_bank(name, classnames, class_map=config.class_map, exclude=bank_exclude)
+    bank = resolved.bank
     concepts, freq, prompts = {}, {}, {}
-    for c in classnames:
+    for c, hit in zip(classnames, resolved.targets):
         key = config.class_map.get(c, c)
-        if key not in bank.classes:
+        if hit is None:
             raise ConfigError(f"xcoop bank {name!r}: no class {key!r} for dataset class {c!r} "
                               f"(bank classes: {', '.join(bank.classes)}; map them with class_map)")
-        chosen = select_concepts(bank, key, config.top_k or None, config.min_frequency or None)
+        chosen = select_concepts(bank, hit, config.top_k or None, config.min_frequency or None)
         if not chosen:
             raise ConfigError(f"xcoop bank {name!r}: class {key!r} has no concepts left "
                               f"(top_k={config.top_k}, min_frequency={config.min_frequency})")

@@ -11,15 +11,12 @@ Classes can have different numbers of concepts. Flattened, concept j of class c 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 
 from conceptclip.errors import ConfigError
-
-
-def _key(name: str) -> str:
-    return " ".join(name.replace("_", " ").lower().split())
+from conceptclip.knowledge.resolve import check_class_map, match_classes, resolve_bank
 
 
 @dataclass
@@ -72,26 +69,22 @@ class ConceptLists:
 
 def resolve_concepts(classnames: Sequence[str], *, concepts: Mapping[str, Sequence[str]] | None = None,
                      bank: str = "", class_map: Mapping[str, str] | None = None,
-                     top_k: int | None = None, bank_exclude: Sequence[str] | None = None) -> ConceptLists:
+                     top_k: int | None = None, bank_exclude: Collection[str] | None = None) -> ConceptLists:
     """Concept phrases per class, in bank order, at most `top_k` each.
 
     `concepts` ({class: phrases}, given directly) wins; otherwise `bank` is a shared-bank name
-    (e.g. "deal/cub", "ph2") or a bank JSON file, matched to the class names case- and
-    underscore-insensitively or through `class_map` {class: bank class}. Every class must get at
-    least one concept: a concept-level method has nothing to prompt otherwise. `bank_exclude`: image
-    ids a bank counted from per-image annotations ("ph2") must not count (`load_bank_any`).
+    (e.g. "deal/cub", "ph2") or a bank JSON file, its classes matched to the class names by
+    `knowledge.resolve.match_name` or through `class_map` {class: bank class}. Every class must get
+    at least one concept: a concept-level method has nothing to prompt otherwise. `bank_exclude`:
+    image ids a bank counted from per-image annotations ("ph2") must not count (`load_bank_any`).
     """
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top_k={top_k}: expected a positive number of concepts per class")
-    class_map = dict(class_map or {})
-    unknown = sorted(set(class_map) - set(classnames))
-    if unknown:
-        raise ConfigError(f"class_map names classes {unknown} that are not among {list(classnames)}")
+    class_map = check_class_map(class_map, classnames)
     if concepts is not None:
-        given = {_key(c): list(p) for c, p in concepts.items()}
         lists, sources = [], {}
-        for c in classnames:
-            phrases = given.get(_key(class_map.get(c, c)))
+        for c, hit in zip(classnames, match_classes(classnames, concepts, class_map)):
+            phrases = list(concepts[hit]) if hit is not None else None
             if not phrases:
                 raise ConfigError(f"concepts: no concept phrases given for class {c!r} (got classes {list(concepts)})")
             lists.append(phrases[:top_k])
@@ -101,20 +94,19 @@ def resolve_concepts(classnames: Sequence[str], *, concepts: Mapping[str, Sequen
         raise ConfigError("no concepts: set the bank (a shared-bank name such as 'deal/cub' or 'ph2', or a bank "
                           "JSON file) or pass concepts={class: [phrases]}")
     from conceptclip.knowledge.prompts import select_concepts
-    from conceptclip.prompts.ensembles import load_bank_any
 
-    b = load_bank_any(bank, exclude=bank_exclude)
-    by_key = {_key(c): c for c in b.classes}
+    resolved = resolve_bank(bank, classnames, class_map=class_map, exclude=bank_exclude)
+    b = resolved.bank
     lists, sources = [], {}
-    for c in classnames:
+    for c, hit in zip(classnames, resolved.targets):
         target = class_map.get(c, c)
-        if _key(target) not in by_key:
+        if hit is None:
             raise ConfigError(f"bank {b.name!r} has no class {target!r} (for class {c!r}); its classes: "
                               f"{', '.join(list(b.classes)[:20])}{' ...' if len(b.classes) > 20 else ''}; "
                               "map it with class_map")
-        phrases = [x.phrase for x in select_concepts(b, by_key[_key(target)], top_k)]
+        phrases = [x.phrase for x in select_concepts(b, hit, top_k)]
         if not phrases:
             raise ConfigError(f"bank {b.name!r}: class {target!r} has no positive concepts")
         lists.append(phrases)
-        sources[c] = f"bank {b.name}: {by_key[_key(target)]}"
+        sources[c] = f"bank {b.name}: {hit}"
     return ConceptLists(list(classnames), lists, sources)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from conceptclip.backbones.base import Backbone
 from conceptclip.errors import ConfigError
+from conceptclip.knowledge.resolve import check_class_map, load_bank_any, match_classes, resolve_bank
 from conceptclip.prompts.text_features import encode_prompts
 
 # CLIP-style templates for classes without bank prompts ({} = class name).
@@ -37,33 +38,6 @@ class Ensembles:
                 "removed_by_cleanup": dict(self.removed)}
 
 
-def _key(name: str) -> str:
-    return " ".join(name.replace("_", " ").lower().split())
-
-
-def load_bank_any(spec: str, exclude: Collection[str] | None = None):
-    """A `ConceptBank` from a shared-bank name ("biomedcoop/BUSI") or a bank JSON file.
-
-    `exclude`: image ids (a run's test images) that a bank counted from per-image annotations ("ph2")
-    must not count, so test images never shape the concept lists; ids of other datasets exclude
-    nothing, and banks that do not count images ignore it."""
-    from pathlib import Path
-
-    from conceptclip.knowledge.loaders import load_shared_bank
-    from conceptclip.knowledge.schema import load_bank
-
-    if spec.endswith(".json") or Path(spec).is_file():
-        return load_bank(spec)
-    if spec == "ph2" and exclude:
-        from conceptclip.data.ph2 import ph2_dir
-        from conceptclip.knowledge.skin import ph2_bank, ph2_diagnoses
-
-        labels = ph2_dir() / "labels.csv"
-        drop = set(exclude)
-        return ph2_bank(labels, ids=[i for i in ph2_diagnoses(labels) if i not in drop])
-    return load_shared_bank(spec)
-
-
 def bank_prompts(bank) -> dict[str, list[str]]:
     """{class: prompts}: a `prompts` bank as written, a `concepts` bank as "{class}, which has {concept}."."""
     if bank.kind == "prompts":
@@ -73,21 +47,20 @@ def bank_prompts(bank) -> dict[str, list[str]]:
 
 def resolve_ensembles(classnames: Sequence[str], bank: str = "", class_map: Mapping[str, str] | None = None,
                       templates: Sequence[str] = FALLBACK_TEMPLATES, clean: bool = True,
-                      all_classes: Sequence[str] | None = None) -> Ensembles:
-    """Prompts per class: from `bank` (matched by name, case- and underscore-insensitive, or through
+                      all_classes: Sequence[str] | None = None, exclude: Collection[str] | None = None) -> Ensembles:
+    """Prompts per class: from `bank` (class names matched by `knowledge.resolve.match_name`, or through
     `class_map` {class: bank class}), else the `templates` filled with the class name. `class_map`
     keys must be among `all_classes` (default `classnames`; the dataset's classes when a method
-    sees only its base or novel half)."""
-    class_map = dict(class_map or {})
+    sees only its base or novel half). `exclude`: image ids a bank counted from per-image
+    annotations ("ph2") must not count (a run's test images, `load_bank_any`)."""
     known = list(all_classes) if all_classes is not None else list(classnames)
-    unknown = sorted(set(class_map) - set(known))
-    if unknown:
-        raise ConfigError(f"class_map names classes {unknown} that are not among {known}")
-    by_key: dict[str, list[str]] = {}
+    class_map = check_class_map(class_map, known)
+    lists: dict[str, list[str]] = {}
+    targets: list[str | None] = [None] * len(classnames)
     removed: dict[str, int] = {}
     bank_name = ""
     if bank:
-        b = load_bank_any(bank)
+        b = load_bank_any(bank, exclude)
         bank_name = b.name
         if clean:
             from conceptclip.knowledge.prune import PruneConfig, prune_bank
@@ -95,16 +68,16 @@ def resolve_ensembles(classnames: Sequence[str], bank: str = "", class_map: Mapp
             b, report = prune_bank(b, PruneConfig(near_duplicates=False, outliers=False))
             removed = {k: v for k, v in report.counts().items() if v}
         lists = bank_prompts(b)
-        by_key = {_key(c): p for c, p in lists.items()}
-        missing = sorted(v for v in class_map.values() if _key(v) not in by_key)
+        missing = sorted(v for v, t in zip(class_map.values(), match_classes(list(class_map.values()), lists)) if t is None)
         if missing:
             raise ConfigError(f"class_map targets {missing} are not classes of bank {bank_name!r} "
                               f"(its classes: {', '.join(lists)})")
+        targets = resolve_bank(bank, classnames, class_map=class_map, bank=b).targets
     prompts, sources = [], {}
-    for c in classnames:
+    for c, hit in zip(classnames, targets):
         target = class_map.get(c, c)
-        if _key(target) in by_key and by_key[_key(target)]:
-            prompts.append(list(by_key[_key(target)]))
+        if hit is not None and lists[hit]:
+            prompts.append(list(lists[hit]))
             sources[c] = f"bank {bank_name}: {target}"
         else:
             prompts.append([t.format(c.replace("_", " ")) for t in templates])

@@ -28,13 +28,13 @@ and template checks.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 
 from conceptclip.errors import ConfigError
 from conceptclip.knowledge.prompts import display_name, rationale_prompt
+from conceptclip.knowledge.resolve import check_class_map, dataset_image_annotations, load_bank_any, resolve_bank
 from conceptclip.knowledge.schema import ConceptBank
 from conceptclip.knowledge.templates import ECOR_CATEGORY, ECOR_RATIONALE, PromptTemplate
 
@@ -46,7 +46,9 @@ CONDITIONAL_SOFTMAX = ("all", "grouped")
 CATEGORY_TEMPLATE = replace(ECOR_CATEGORY, joiner=" and ")
 
 
-def _key(text: str) -> str:
+def _phrase_key(text: str) -> str:
+    """Rationale phrases are one vocabulary entry when equal after lower-casing, "_" -> " " and
+    collapsing whitespace (class names are matched by `knowledge.resolve.match_name`)."""
     return " ".join(text.replace("_", " ").lower().split())
 
 
@@ -95,11 +97,11 @@ class RationaleSpace:
     def truth(self, per_image: Sequence[Sequence[str]]) -> torch.Tensor:
         """Multi-hot (N, V) of each image's annotated rationale phrases (matched case-insensitively;
         phrases outside the vocabulary cannot be predicted and are left out)."""
-        pos = {_key(p): i for i, p in enumerate(self.vocab)}
+        pos = {_phrase_key(p): i for i, p in enumerate(self.vocab)}
         out = torch.zeros(len(per_image), len(self.vocab))
         for n, phrases in enumerate(per_image):
             for p in phrases:
-                i = pos.get(_key(clean_phrase(p)))
+                i = pos.get(_phrase_key(clean_phrase(p)))
                 if i is not None:
                     out[n, i] = 1.0
         return out
@@ -120,40 +122,28 @@ class RationaleSpace:
 def dataset_rationales(dataset: Any) -> list[list[str] | None] | None:
     """The annotated rationale phrases of every sample of `dataset`, in `dataset.samples` order (None
     for a sample without annotations), or None when no sample has any. Sources: a sample's
-    `attrs["rationales"]` (a list of phrases, for datasets built in code); for PH2 (`load_ph2`), the
-    dermoscopic criteria of its labels.csv (`knowledge.ph2_concepts_per_image`, the phrases of the
-    `ph2` bank, as benchmarks/ecor_ph2.py uses)."""
+    `attrs["rationales"]` (a list of phrases, for datasets built in code); for a registered dataset with
+    an "annotations" bank (`knowledge.resolve.dataset_image_annotations`; PH2: the dermoscopic criteria
+    of its labels.csv, `knowledge.ph2_concepts_per_image`, the phrases of the `ph2` bank, as
+    benchmarks/ecor_ph2.py uses)."""
     samples = list(getattr(dataset, "samples", None) or [])
     per: list[list[str] | None] = [list(s.attrs["rationales"]) if "rationales" in s.attrs else None for s in samples]
-    root = getattr(dataset, "root", None)
-    labels_csv = Path(root) / "labels.csv" if root is not None else None
-    if getattr(dataset, "name", "") == "ph2" and labels_csv is not None and labels_csv.is_file():
-        from conceptclip.knowledge.skin import ph2_concepts_per_image
-
-        criteria = ph2_concepts_per_image(labels_csv)
-        per = [p if p is not None else criteria.get(s.id) for p, s in zip(per, samples)]
+    annotated = dataset_image_annotations(dataset)  # a registered dataset's per-image annotations (PH2's criteria)
+    if annotated is not None:
+        per = [p if p is not None else annotated.get(s.id) for p, s in zip(per, samples)]
     return per if any(p is not None for p in per) else None
 
 
 def match_bank_classes(bank: ConceptBank, classnames: Sequence[str],
                        class_map: Mapping[str, str] | None = None) -> list[str]:
-    """The bank class of every class name (case/underscore-insensitive, or through `class_map`)."""
-    class_map = dict(class_map or {})
-    unknown = sorted(set(class_map) - set(classnames))
-    if unknown:
-        raise ConfigError(f"class_map names classes {unknown} that are not among {list(classnames)}")
-    by_key = {_key(c): c for c in bank.classes}
-    out, missing = [], []
-    for c in classnames:
-        target = by_key.get(_key(class_map.get(c, c)))
-        if target is None:
-            missing.append(c)
-        out.append(target)
-    if missing:
-        raise ConfigError(f"rationale bank {bank.name!r} has no rationales for class(es) {missing} "
+    """The bank class of every class name (`knowledge.resolve.match_name`, or through `class_map`)."""
+    class_map = check_class_map(class_map, classnames)
+    resolved = resolve_bank(bank.name, classnames, class_map=class_map, bank=bank)
+    if resolved.missing:
+        raise ConfigError(f"rationale bank {bank.name!r} has no rationales for class(es) {resolved.missing} "
                           f"(bank classes: {', '.join(list(bank.classes)[:20])}{' ...' if len(bank.classes) > 20 else ''}); "
                           "map them with class_map")
-    return out
+    return [t for t in resolved.targets if t is not None]
 
 
 def build_rationale_space(bank: ConceptBank, classnames: Sequence[str], *, class_map: Mapping[str, str] | None = None,
@@ -184,7 +174,7 @@ def build_rationale_space(bank: ConceptBank, classnames: Sequence[str], *, class
             raise ConfigError(f"rationale bank {bank.name!r}: class {target!r} (for {c!r}) has no rationales")
         idx = []
         for p in phrases:
-            k = _key(p)
+            k = _phrase_key(p)
             if k not in pos:
                 pos[k] = len(vocab)
                 vocab.append(p)
@@ -322,18 +312,16 @@ def conditional_log_softmax(pair_logits: torch.Tensor, group: torch.Tensor, n_gr
     raise ConfigError(f"conditional_softmax={over!r}: expected one of {CONDITIONAL_SOFTMAX}")
 
 
-def load_bank_spec(spec: str, exclude: Sequence[str] | None = None, method: str = "a rationale method") -> ConceptBank:
+def load_bank_spec(spec: str, exclude: Collection[str] | None = None, method: str = "a rationale method") -> ConceptBank:
     """A `ConceptBank` from a bank JSON file or a shared-bank name (`exclude`: see `load_bank_any`).
     No default bank: a bank belongs to its dataset's classes (PH2's criteria mean nothing for other
     classes), so an empty spec is a ConfigError naming the option."""
-    from conceptclip.prompts.ensembles import load_bank_any
-
     if not spec:
         raise ConfigError(f"{method}: option 'bank' is required (there is no default bank): pass the rationale bank "
                           "of your classes, e.g. --set bank=my_bank.json (class -> rationale phrases, see "
                           "docs/own-data.md), or a shared bank whose classes match yours such as bank=dror/cifar10 "
                           "(bank=ph2 only for PH2's three diagnoses)")
-    return load_bank_any(spec, exclude=exclude)
+    return load_bank_any(spec, exclude)
 
 
 def checked_template(name: str, text: str, slots: set[str]) -> PromptTemplate:

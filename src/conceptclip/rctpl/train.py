@@ -1,6 +1,7 @@
 """Text-only training of RC-TPL: encode the reports once with the frozen text tower (texts stand
 in for images), then run the shared engine loop on those features, and write a results folder
-that `engine.load.load_run` and the `conceptclip rctpl` commands read back.
+that `engine.load.load_run` and the `conceptclip rctpl` commands read back. The folder is written
+by the engine's one results-folder writer (`engine.run.run_prepared`) from the encoded parts.
 
     out/
       config.json        method + config, train config, backbone, classes, corpus summary
@@ -11,8 +12,6 @@ that `engine.load.load_run` and the `conceptclip rctpl` commands read back.
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +20,6 @@ import torch
 
 from conceptclip.engine.data import Part
 from conceptclip.errors import ConfigError
-from conceptclip.io import save_tensors, write_json, write_text
 from conceptclip.prompts.text_features import encode_prompts
 from conceptclip.rctpl.corpus import InjectionConfig, ReportItem, concept_counts, label_matrix
 
@@ -100,13 +98,13 @@ def train_rctpl(backbone, items: Sequence[ReportItem], classes: Sequence[str], o
     """Train RC-TPL on report texts and write the results folder; returns metrics.json's content.
     `held_out` reports (optional) are scored after training (report-level AUC per class); no
     model selection happens on them (the last epoch is kept). `encoded` reuses parts from
-    `encode_corpus` (benchmarks that train several variants on one encoding)."""
-    from conceptclip.engine.config import TrainConfig
-    from conceptclip.engine.run import prepare_run_dir
-    from conceptclip.engine.trainer import fit, make_fabric, seed_everything
-    from conceptclip.methods import create_method
+    `encode_corpus` (benchmarks that train several variants on one encoding).
 
-    out = prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    The reports are encoded here; the rest (seed, method, folder, fit, files) is the engine's one
+    results-folder writer, `engine.run.run_prepared`, which `conceptclip train` uses too."""
+    from conceptclip.engine.run import backbone_entry, build_method, check_run_dir, run_prepared
+
+    mode = check_run_dir(out, overwrite=overwrite, resume=resume)
     t0 = time.perf_counter()
     if encoded is None:
         train_part = encode_corpus(backbone, items, classes, uncertain)
@@ -114,15 +112,8 @@ def train_rctpl(backbone, items: Sequence[ReportItem], classes: Sequence[str], o
     else:
         train_part, val_part = encoded
     encode_seconds = time.perf_counter() - t0
-    seed = int((train_config or {}).get("seed", TrainConfig.seed))
-    seed_everything(seed)
-    method = create_method("rctpl", backbone, list(classes), method_config, multilabel=True)
-    cfg = TrainConfig.from_dict({**method.train_defaults, **(train_config or {})})
-    spec = backbone.name
-    heads = getattr(backbone, "heads_path", None)
-    if heads:
-        shutil.copyfile(heads, out / "lite_heads.safetensors")
-        spec = "lite:lite_heads.safetensors"
+    method, cfg = build_method("rctpl", backbone, list(classes), method_config, train_config, multilabel=True)
+    spec, heads = backbone_entry(backbone)
     counts = concept_counts(items)
     config = {"method": method.describe(), "train": dataclasses.asdict(cfg), "backbone": spec,
               "backbone_weights": backbone.weights_id(), "classnames": list(classes), "template": "{}",
@@ -131,32 +122,21 @@ def train_rctpl(backbone, items: Sequence[ReportItem], classes: Sequence[str], o
                          "regions": int(train_part.tensors["patch_mask"].sum()), "uncertain": uncertain,
                          "positives_per_class": {c: counts.get(c, 0) for c in classes},
                          "injection": dataclasses.asdict(injection) if injection else None}}
-    write_json(out / "config.json", config)
 
-    fabric = make_fabric(cfg)
-    steps: list[dict[str, float]] = []
-    hook = method.register_forward_hook(  # the loss terms of every training step (a finer loss curve)
-        lambda _m, _i, terms: steps.append({k: round(float(v.detach()), 6) for k, v in terms.items()})
-        if method.training else None)
-    try:
-        result = fit(method, train_part, None, cfg, checkpoint=out / "checkpoint.safetensors", fabric=fabric)
-    finally:
-        hook.remove()
-    save_tensors(out / "model.safetensors", method.learned_state(), metadata={"method": "rctpl"})
-    write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
-    if steps:
-        write_text(out / "steps.jsonl", "".join(json.dumps(r) + "\n" for r in steps))
-    losses = [r["loss"] for r in result.history if "loss" in r]
-    metrics: dict[str, Any] = {"method": "rctpl", "encode_seconds": round(encode_seconds, 3),
-                               "fit_seconds": round(result.seconds, 3), "epochs": cfg.epochs,
-                               "steps_per_epoch": -(-len(train_part) // cfg.batch_size),
-                               "loss_first_epoch": losses[0] if losses else None,
-                               "loss_last_epoch": losses[-1] if losses else None,
-                               "resumed_from_epoch": result.resumed_from}
-    if val_part is not None and len(val_part):
-        scores = score_part(method, val_part)
-        lab, mask = val_part.tensors["labels"], val_part.tensors["label_mask"]
-        metrics["held_out"] = {"n": len(val_part),
-                               **{k: masked_auc(scores[k], lab, mask, classes) for k in ("logits", "global", "local")}}
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    def finish(_out: Path, method, _parts, result, _fabric) -> dict[str, Any]:
+        losses = [r["loss"] for r in result.history if "loss" in r]
+        metrics: dict[str, Any] = {"method": "rctpl", "encode_seconds": round(encode_seconds, 3),
+                                   "fit_seconds": round(result.seconds, 3), "epochs": cfg.epochs,
+                                   "steps_per_epoch": -(-len(train_part) // cfg.batch_size),
+                                   "loss_first_epoch": losses[0] if losses else None,
+                                   "loss_last_epoch": losses[-1] if losses else None,
+                                   "resumed_from_epoch": result.resumed_from}
+        if val_part is not None and len(val_part):
+            scores = score_part(method, val_part)
+            lab, mask = val_part.tensors["labels"], val_part.tensors["label_mask"]
+            metrics["held_out"] = {"n": len(val_part),
+                                   **{k: masked_auc(scores[k], lab, mask, classes) for k in ("logits", "global", "local")}}
+        return metrics
+
+    # no "val" part: the held-out reports are scored once after training, never selected on
+    return run_prepared(out, mode, method, cfg, config, {"train": train_part}, finish, heads=heads, steps=True)
