@@ -57,9 +57,6 @@ IRRELEVANT_CONCEPTS = (
 )
 
 
-XCOOP_CODE = "code: Tommy-Bie/XCoOp prompting/xcoop.py"
-
-
 @dataclass
 class XCoOpConfig(MethodConfig):
     error_prefix = "xcoop "
