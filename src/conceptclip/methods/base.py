@@ -14,7 +14,7 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,46 @@ from conceptclip.errors import ConfigError
 
 @dataclasses.dataclass
 class MethodConfig:
-    """Base of every method config."""
+    """Base of every method config: a dataclass that checks its own values when it is made (`validate`).
+
+    A field states its help and where its default comes from in its metadata (`option`):
+    "paper", "code: REPOSITORY/FILE" (the official code, where the paper is silent) or "ours"."""
+
+    # how `expect` names a field: "" = "ClassName." (a subclass may keep its method's earlier "name ")
+    error_prefix: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the field and what it expects (subclasses extend it). Default: nothing."""
+
+    def expect(self, ok: bool, name: str, expected: str) -> None:
+        """ConfigError "ClassName.name=value: expected ..." unless `ok`."""
+        if not ok:
+            prefix = self.error_prefix or f"{type(self).__name__}."
+            raise ConfigError(f"{prefix}{name}={getattr(self, name)!r}: expected {expected}")
+
+    def expect_choice(self, name: str, options: Sequence[Any]) -> None:
+        self.expect(getattr(self, name) in options, name, f"one of {tuple(options)}")
+
+
+def upgrade_saved_config(values: dict[str, Any], cls: type, new_fields: Collection[str],
+                         earlier: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before `new_fields` existed (every other field of `cls`, none of these) runs as it
+    was trained: its missing options take their `earlier` values. Any other config is returned as given."""
+    old = {f.name for f in dataclasses.fields(cls)} - set(new_fields)
+    return {**earlier, **values} if set(values) == old else values
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", source: str = "paper", *,
+           factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with its help and the source of its default ("paper", "code: REPO/FILE" or "ours"),
+    the metadata `conceptclip methods NAME` prints; `factory` for a mutable default."""
+    meta = {"help": help, "source": source}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 _KIND = {bool: "true/false", int: "a number (an integer)", float: "a number (finite)", str: "text", list: "a JSON list",

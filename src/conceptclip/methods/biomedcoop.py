@@ -34,7 +34,7 @@ lambda_sccm=25, lambda_kdsp=1 and `--set epochs=50` reproduce the previous defau
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,9 +43,11 @@ import torch.nn.functional as F
 from conceptclip.errors import ConfigError
 from conceptclip.knowledge.resolve import name_key
 from conceptclip.methods import register_method
-from conceptclip.methods.base import Method, MethodConfig
-from conceptclip.prompts import ContextPrompt, normalize
+from conceptclip.methods.base import option
+from conceptclip.methods.coop_family import ContextMethod, PhraseContextConfig
+from conceptclip.prompts import normalize
 from conceptclip.prompts.ensembles import encode_ensembles, ensemble_mean, resolve_ensembles
+from conceptclip.prompts.logits import clip_logits, kl_distillation
 
 # (lambda_SCCM, lambda_KDSP, tau) of configs/trainers/BiomedCoOp/few_shot/<name>.yaml (HealthX-Lab/BiomedCoOp@7ceb5a8)
 DATASET_TABLE: dict[str, tuple[float, float, float]] = {
@@ -75,21 +77,39 @@ def dataset_values(name: str | None) -> tuple[tuple[float, float, float], str]:
     return OTHER_DATASETS, "ours: median of the official few-shot configs (dataset not in the table)"
 
 
+BIOMEDCOOP_CODE = "code: HealthX-Lab/BiomedCoOp trainers/BiomedCoOp/biomedcoop_biomedclip.py"
+
+
 @dataclass
-class BiomedCoOpConfig(MethodConfig):
-    n_ctx: int = 4
-    ctx_init: str = "a photo of a"
-    bank: str = ""  # shared-bank name (e.g. "biomedcoop/BUSI") or a bank JSON file; "" = templates only
-    class_map: dict[str, str] = field(default_factory=dict)  # dataset class -> bank class
-    n_prompts: int = 50  # N_PROMPTS: prompt sets per class
-    lambda_sccm: float | None = None  # None: the dataset's value (DATASET_TABLE)
-    lambda_kdsp: float | None = None
-    tau: float | None = None  # threshold of the prompt-set selection
-    sccm: str = "mse"  # mse (official) | l1 (earlier reading: mean absolute difference)
-    kdsp_reduction: str = "numel"  # numel: KL summed / (B C) (official) | batchmean: KL summed / B
-    selection: str = "batch"  # batch: prompt sets by median/MAD z (official) | per_image: per image and class
-    temperature: float = 1.0  # distillation temperature T (logits / T, loss x T^2); the official code has none (T = 1)
-    init_std: float = 0.02
+class BiomedCoOpConfig(PhraseContextConfig):
+    bank: str = option("", "shared-bank name (e.g. 'biomedcoop/BUSI') or a bank JSON file; '' = templates only", "ours")
+    class_map: dict[str, str] = option(help="dataset class -> bank class", source="ours", factory=dict)
+    n_prompts: int = option(50, "N_PROMPTS: prompt sets per class", BIOMEDCOOP_CODE)
+    lambda_sccm: float | None = option(None, "weight of L_SCCM; null: the dataset's value (DATASET_TABLE)",
+                                       "code: HealthX-Lab/BiomedCoOp configs/trainers/BiomedCoOp/few_shot")
+    lambda_kdsp: float | None = option(None, "weight of L_KDSP; null: the dataset's value (DATASET_TABLE)",
+                                       "code: HealthX-Lab/BiomedCoOp configs/trainers/BiomedCoOp/few_shot")
+    tau: float | None = option(None, "threshold of the prompt-set selection; null: the dataset's value",
+                               "code: HealthX-Lab/BiomedCoOp configs/trainers/BiomedCoOp/few_shot")
+    sccm: str = option("mse", "mse (official) | l1 (earlier reading: mean absolute difference)", BIOMEDCOOP_CODE)
+    kdsp_reduction: str = option("numel", "numel: KL summed / (B C) (official) | batchmean: KL summed / B",
+                                 BIOMEDCOOP_CODE)
+    selection: str = option("batch", "batch: prompt sets by median/MAD z (official) | per_image: per image and class",
+                            BIOMEDCOOP_CODE)
+    temperature: float = option(1.0, "distillation temperature T (logits / T, loss x T^2); the official code has "
+                                     "none (T = 1)", BIOMEDCOOP_CODE)
+
+    def validate(self) -> None:
+        super().validate()
+        for name, allowed in (("sccm", ("mse", "l1")), ("kdsp_reduction", ("numel", "batchmean")),
+                              ("selection", ("batch", "per_image"))):
+            self.expect_choice(name, allowed)
+        self.expect(self.n_prompts >= 1, "n_prompts", "a positive integer")
+        for name in ("lambda_sccm", "lambda_kdsp", "tau"):
+            value = getattr(self, name)
+            self.expect(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)), name,
+                        "a number (null: the dataset's value)")
+        self.expect(self.tau is None or self.tau >= 0, "tau", "a non-negative number")
 
 
 def sccm_loss(learned: torch.Tensor, ensemble_mean_features: torch.Tensor, kind: str = "mse") -> torch.Tensor:
@@ -126,7 +146,7 @@ def batch_teacher_logits(image: torch.Tensor, feats: torch.Tensor, tau: float,
     """Official KDSP teacher: logits (B, C) from the kept prompt sets' normalised mean features, and the keep mask (P,)."""
     keep = select_prompt_sets(prompt_set_scores(image, feats, scale), tau)
     selected = normalize(feats[:, keep].mean(1))  # (C, D)
-    return scale * image @ selected.t(), keep
+    return clip_logits(image, selected, scale, normalized=True), keep
 
 
 def selective_teacher_logits(image: torch.Tensor, feats: torch.Tensor, mask: torch.Tensor, tau: float,
@@ -147,18 +167,14 @@ def selective_teacher_logits(image: torch.Tensor, feats: torch.Tensor, mask: tor
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
                       reduction: str = "numel") -> torch.Tensor:
-    """T^2 * KL(softmax(teacher / T) || softmax(student / T)) summed, divided by student.numel() (official)
-    or by the batch size (`batchmean`)."""
-    t = temperature
-    kl = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="sum", log_target=True)
-    denom = student.numel() if reduction == "numel" else student.shape[0]
-    return kl / denom * t * t
+    """L_KDSP: T^2 * KL(softmax(teacher / T) || softmax(student / T)) summed, divided by student.numel()
+    (official) or by the batch size (`batchmean`)."""
+    return kl_distillation(student, teacher, temperature, reduction)
 
 
 @register_method("biomedcoop")
-class BiomedCoOp(Method):
+class BiomedCoOp(ContextMethod):
     Config = BiomedCoOpConfig
-    inputs = frozenset({"features"})
     # configs/trainers/BiomedCoOp/few_shot/*.yaml: SGD lr 0.0025, batch 4, 100 epochs, cosine, 1 constant warm-up epoch at 1e-5
     train_defaults = {"optimizer": "sgd", "lr": 0.0025, "batch_size": 4, "epochs": 100, "warmup_epochs": 1,
                       "warmup_lr": 1e-5}
@@ -169,25 +185,12 @@ class BiomedCoOp(Method):
         c = self.config
         if self.multilabel:
             raise ConfigError("biomedcoop's distillation needs a single-label dataset")
-        for name, allowed in (("sccm", ("mse", "l1")), ("kdsp_reduction", ("numel", "batchmean")),
-                              ("selection", ("batch", "per_image"))):
-            if getattr(c, name) not in allowed:
-                raise ConfigError(f"biomedcoop {name}={getattr(c, name)!r}: expected one of {list(allowed)}")
-        if c.n_prompts < 1:
-            raise ConfigError(f"biomedcoop n_prompts={c.n_prompts}: expected a positive integer")
         dataset = self.context.get("dataset")
         table, source = dataset_values(getattr(dataset, "name", None))
-        chosen = {}
-        for name, value in zip(("lambda_sccm", "lambda_kdsp", "tau"), table):
-            given = getattr(c, name)
-            if given is not None and (isinstance(given, bool) or not isinstance(given, (int, float))):
-                raise ConfigError(f"biomedcoop {name}={given!r}: expected a number")
-            chosen[name] = float(value if given is None else given)
-        if chosen["tau"] < 0:
-            raise ConfigError(f"biomedcoop tau={chosen['tau']}: expected a non-negative number")
+        chosen = {name: float(value if getattr(c, name) is None else getattr(c, name))
+                  for name, value in zip(("lambda_sccm", "lambda_kdsp", "tau"), table)}
         self.lambda_sccm, self.lambda_kdsp, self.tau = chosen["lambda_sccm"], chosen["lambda_kdsp"], chosen["tau"]
         self.values_source = source if all(getattr(c, n) is None for n in chosen) else "given / " + source
-        self.prompt = ContextPrompt.from_config(backbone, self.classnames, c)
         if ensembles is not None:  # given directly (class -> prompts), e.g. by a user
             missing = [n for n in self.classnames if not ensembles.get(n)]
             if missing:
@@ -223,22 +226,12 @@ class BiomedCoOp(Method):
             self._encoded = (feats, mask, ensemble_mean(feats, mask), sets)
         return self._encoded
 
-    def text_features(self) -> torch.Tensor:
-        return normalize(self.prompt())
-
-    def _logits(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return self.backbone.logit_scale.detach() * image @ text.t()
-
-    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        text = self.text_features()
-        return self._logits(text, normalize(batch["features"].to(text.dtype)))
-
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c = self.config
         feats, mask, means, sets = self.encoded_ensembles()
         text = self.text_features()
         image = normalize(batch["features"].to(text.dtype))
-        logits = self._logits(text, image)
+        logits = clip_logits(image, text, self.backbone.logit_scale.detach(), normalized=True)
         ce = self.classification_loss(logits, batch["labels"])
         sccm = sccm_loss(text, means.to(text.dtype), c.sccm)
         scale = self.backbone.logit_scale.detach()

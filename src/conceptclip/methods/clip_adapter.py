@@ -19,23 +19,23 @@ from dataclasses import dataclass
 import torch
 
 from conceptclip.methods import register_method
-from conceptclip.methods.base import Method, MethodConfig
-from conceptclip.prompts import class_text_features, normalize
+from conceptclip.methods.base import Method, MethodConfig, option
+from conceptclip.methods.coop import CoOp
+from conceptclip.prompts import class_text_features
 from conceptclip.prompts.adapters import BottleneckAdapter, residual_blend
+from conceptclip.prompts.logits import clip_logits
 
 
 @dataclass
 class CLIPAdapterConfig(MethodConfig):
-    alpha: float = 0.2  # residual ratio of Eq. 4
-    reduction: int = 4  # bottleneck D -> D/4 -> D
+    alpha: float = option(0.2, "residual ratio alpha of Eq. 4")
+    reduction: int = option(4, "bottleneck D -> D / reduction -> D", "code: gaopengcuhk/CLIP-Adapter")
 
 
 @register_method("clip_adapter")
 class CLIPAdapter(Method):
     Config = CLIPAdapterConfig
-    inputs = frozenset({"features"})
-    train_defaults = {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 200, "warmup_epochs": 1,
-                      "warmup_lr": 1e-5}
+    train_defaults = {**CoOp.train_defaults, "epochs": 200}  # CoOp's schedule for the paper's 200 epochs
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
@@ -49,5 +49,5 @@ class CLIPAdapter(Method):
         return residual_blend(f, self.adapter(f), self.config.alpha)  # Eq. 4
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        f = normalize(self.adapted_features(batch["features"]))
-        return self.backbone.logit_scale.detach() * f @ self.classifier.t()  # Eq. 6
+        return clip_logits(self.adapted_features(batch["features"]), self.classifier,
+                           self.backbone.logit_scale.detach())  # Eq. 6

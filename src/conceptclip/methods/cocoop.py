@@ -20,31 +20,30 @@ from dataclasses import dataclass
 import torch
 
 from conceptclip.methods import register_method
-from conceptclip.methods.base import Method, MethodConfig
-from conceptclip.prompts import ContextPrompt, normalize
+from conceptclip.methods.base import option
+from conceptclip.methods.coop import CoOp
+from conceptclip.methods.coop_family import ContextMethod, PhraseContextConfig
+from conceptclip.prompts import normalize
 from conceptclip.prompts.meta_net import MetaNet, conditioned_context
 
 
 @dataclass
-class CoCoOpConfig(MethodConfig):
-    n_ctx: int = 4
-    ctx_init: str = "a photo of a"
-    meta_reduction: int = 16  # hidden width D / 16
-    init_std: float = 0.02
+class CoCoOpConfig(PhraseContextConfig):
+    meta_reduction: int = option(16, "meta-net hidden width D / meta_reduction (Sec. 3.2: D / 16)")
+
+    def validate(self) -> None:
+        super().validate()
+        self.expect(not self.class_specific, "class_specific", "false (the meta-net shifts one shared context)")
 
 
 @register_method("cocoop")
-class CoCoOp(Method):
+class CoCoOp(ContextMethod):
     Config = CoCoOpConfig
-    inputs = frozenset({"features"})
-    train_defaults = {"optimizer": "sgd", "lr": 0.002, "batch_size": 4, "epochs": 10, "warmup_epochs": 1,
-                      "warmup_lr": 1e-5}
+    train_defaults = {**CoOp.train_defaults, "batch_size": 4, "epochs": 10}  # CoOp's, 10 epochs of batch 4
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
-        c = self.config
-        self.prompt = ContextPrompt.from_config(backbone, self.classnames, c)
-        self.meta_net = MetaNet(backbone.embed_dim, self.prompt.ctx.shape[-1], c.meta_reduction)
+        self.meta_net = MetaNet(backbone.embed_dim, self.prompt.ctx.shape[-1], self.config.meta_reduction)
 
     def text_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Image-conditioned class features (B, C, D), L2-normalised."""
@@ -54,5 +53,5 @@ class CoCoOp(Method):
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         img = batch["features"].float()
-        text = self.text_features(img)  # (B, C, D)
+        text = self.text_features(img)  # (B, C, D): one text per image, so not `clip_logits`' (C, D)
         return self.backbone.logit_scale.detach() * torch.einsum("bd,bcd->bc", normalize(img), text)  # Eq. 3

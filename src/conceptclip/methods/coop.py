@@ -2,7 +2,8 @@
 
 Prompt t_i = [V]_1 ... [V]_M [CLASS_i] (Eq. 2), p(y=i|x) = softmax_i(cos(g(t_i), f(x)) / tau) (Eq. 3),
 trained with cross-entropy; only the context vectors [V] learn. The frozen image tower lets the
-engine serve cached image features. The shared mechanics live in `prompts.ContextPrompt`.
+engine serve cached image features. The prompt, its options and the classifier are the CoOp
+family's (`methods.coop_family`, mechanics in `prompts.ContextPrompt`); this file adds the schedule.
 """
 
 from __future__ import annotations
@@ -10,26 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from conceptclip.methods import register_method
-from conceptclip.methods.base import Method, MethodConfig
-from conceptclip.prompts import ContextPrompt, normalize
+from conceptclip.methods.coop_family import ContextConfig, ContextMethod
 
 
 @dataclass
-class CoOpConfig(MethodConfig):
-    n_ctx: int = 16
-    ctx_init: str = ""  # e.g. "a photo of a"; empty = random N(0, 0.02^2)
-    class_token_position: str = "end"  # end | middle | front
-    class_specific: bool = False  # CSC: one context per class
-    init_std: float = 0.02
+class CoOpConfig(ContextConfig):
+    """CoOp's defaults: 16 random context tokens shared by all classes, [CLASS] at the end (Sec. 4.1)."""
 
 
 @register_method("coop")
-class CoOp(Method):
+class CoOp(ContextMethod):
     Config = CoOpConfig
-    inputs = frozenset({"features"})
     # CoOp paper: SGD lr 0.002, batch 32, cosine, 1 warm-up epoch at 1e-5. KgCoOp, ProGrad and DEAL reuse
     # this dict (epochs 50); CoOp's own epochs depend on K (`train_defaults_for`).
     train_defaults = {"optimizer": "sgd", "lr": 0.002, "batch_size": 32, "epochs": 50, "warmup_epochs": 1,
@@ -42,15 +35,3 @@ class CoOp(Method):
         200 above 16 shots and on splits that are not K-shot (`shots` None)."""
         epochs = 200 if shots is None or shots > 8 else 100 if shots > 2 else 50
         return {**cls.train_defaults, "epochs": epochs}
-
-    def __init__(self, backbone, classnames, config=None, **kw) -> None:
-        super().__init__(backbone, classnames, config, **kw)
-        self.prompt = ContextPrompt.from_config(backbone, self.classnames, self.config)
-
-    def text_features(self) -> torch.Tensor:
-        return normalize(self.prompt())
-
-    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        text = self.text_features()  # once per step for all classes (Eq. 3 denominator)
-        img = normalize(batch["features"].to(text.dtype))
-        return self.backbone.logit_scale.detach() * img @ text.t()

@@ -17,8 +17,8 @@ frozen text tower the regularisers reach the image map only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,40 +26,58 @@ from torch import nn
 
 from conceptclip.errors import ConfigError, PromptLengthError
 from conceptclip.explain.cam import GradCAM, vit_reshape
-from conceptclip.explain.method import gradcam_for, relevance_for
 from conceptclip.explain.similarity import similarity_maps
-from conceptclip.explain.targets import ClassTarget, ModelOutput
+from conceptclip.explain.targets import ModelOutput
 from conceptclip.knowledge.resolve import default_bank
 from conceptclip.methods import register_method
-from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.methods.base import Method, MethodConfig, option
+from conceptclip.methods.concept_family import ConceptMaps, ConceptPromptExplanations
 from conceptclip.methods.coop import CoOp
 from conceptclip.prompts import ContextPrompt, normalize
+from conceptclip.prompts.adapters import TokenAdapter
 from conceptclip.prompts.concept_lists import ConceptLists, resolve_concepts
+from conceptclip.prompts.logits import clip_logits
 
 HEATMAPS = ("gradcam", "similarity")
 MAP_NORMS = ("sum", "minmax")
 CONTRASTIVE = ("infonce", "symmetric", "classes")
 EXPLAIN_PROMPTS = ("raw", "template")
 REDUCTIONS = ("sum", "mean")
+DEAL_CODE = "code: tangli-udel/DEAL train.py"
 
 
 @dataclass
 class DEALConfig(MethodConfig):
-    ctx_init: str = "an image of"  # the DEAL template's words, learnable; "" = n_ctx random vectors
-    n_ctx: int = 3
-    init_std: float = 0.02
-    bank: str = ""  # shared-bank name ("deal/cub", "ph2") or bank JSON; "" = the dataset's registered bank, else required
-    class_map: dict[str, str] = field(default_factory=dict)  # dataset class -> bank class
-    concepts: dict[str, list[str]] = field(default_factory=dict)  # class -> phrases; given lists beat the bank
-    n_concepts: int = 5  # concepts per class: the reference code's first five ([:5]); 0 = all
-    lambda_disen: float = 1.0  # lambda of Eq. 5 (the paper gives no value: ours)
-    lambda_local: float = 1.0  # gamma of Eq. 5 (ours)
-    contrastive: str = "infonce"  # Eq. 2 in-batch | symmetric (reference train.py) | classes (CE over class prompts)
-    explain_prompts: str = "raw"  # maps w.r.t. raw class name / concept phrase | template (the prompts)
-    disen_reduction: str = "sum"  # Eq. 3 sum over ordered pairs | mean (= lambda / (K (K - 1)) on Eq. 3)
-    heatmap: str = "gradcam"  # gradcam | similarity
-    map_norm: str = "sum"  # sum: relu(h) / sum relu(h); minmax: (h - min) / (max - min)
-    image_adapter: bool = True  # train the residual linear map on the image embedding space
+    error_prefix = "deal "
+    ctx_init: str = option("an image of", "the DEAL template's first words (Sec. 3.2), learnable; '' = n_ctx random "
+                                          "vectors")
+    n_ctx: int = option(3, "context tokens when ctx_init is empty", "ours")
+    init_std: float = option(0.02, "std of a random context initialisation", "code: KaiyangZhou/CoOp trainers/coop.py")
+    bank: str = option("", "shared-bank name ('deal/cub', 'ph2') or bank JSON; '' = the dataset's registered bank, "
+                           "else required", "ours")
+    class_map: dict[str, str] = option(help="dataset class -> bank class", source="ours", factory=dict)
+    concepts: dict[str, list[str]] = option(help="class -> phrases; given lists beat the bank", source="ours",
+                                            factory=dict)
+    n_concepts: int = option(5, "concepts per class: the reference code's first five ([:5]); 0 = all", DEAL_CODE)
+    lambda_disen: float = option(1.0, "lambda of Eq. 5 (the paper gives no value)", "ours")
+    lambda_local: float = option(1.0, "gamma of Eq. 5 (the paper gives no value)", "ours")
+    contrastive: str = option("infonce", "infonce: Eq. 2 in-batch | symmetric (reference train.py) | classes (CE over "
+                                         "class prompts, ours)")
+    explain_prompts: str = option("raw", "maps w.r.t. the raw class name / concept phrase (paper, reference train.py) "
+                                         "| template (the prompts)")
+    disen_reduction: str = option("sum", "sum over ordered pairs (Eq. 3) | mean (= lambda / (K (K - 1)) on Eq. 3)")
+    heatmap: str = option("gradcam", "gradcam | similarity (ours)")
+    map_norm: str = option("sum", "sum: relu(h) / sum relu(h) | minmax: (h - min) / (max - min)")
+    image_adapter: bool = option(True, "train the residual linear map on the image embedding space", "ours")
+
+    def validate(self) -> None:
+        super().validate()
+        for key, allowed in (("heatmap", HEATMAPS), ("map_norm", MAP_NORMS), ("contrastive", CONTRASTIVE),
+                             ("explain_prompts", EXPLAIN_PROMPTS), ("disen_reduction", REDUCTIONS)):
+            self.expect_choice(key, allowed)
+        self.expect(self.lambda_disen >= 0, "lambda_disen", "a non-negative weight")
+        self.expect(self.lambda_local >= 0, "lambda_local", "a non-negative weight")
+        self.expect(self.n_concepts >= 0, "n_concepts", "a non-negative integer (0 = all)")
 
 
 # ---- the two regularisers (pure functions on normalised maps) --------------------------------------
@@ -132,35 +150,8 @@ def localize_loss(maps: torch.Tensor, category_map: torch.Tensor, mask: torch.Te
     return (mean - category_map).abs().flatten(1).sum(-1).mean()
 
 
-# ---- parts --------------------------------------------------------------------------------------
-
-class TokenAdapter(nn.Module):
-    """f'(v) = v + W v + b on joint-space tokens (..., D); W, b start at zero (identity)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(dim, dim)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.linear(x)
-
-
-@dataclass
-class ConceptMaps:
-    """Heat maps of each image's explained class: concept maps (B, Kmax, h, w) with mask (B, Kmax),
-    the category map (B, h, w), the explained classes (B,), and their target scores (B, 1 + Kmax)."""
-
-    concepts: torch.Tensor
-    category: torch.Tensor
-    mask: torch.Tensor
-    classes: torch.Tensor
-    scores: torch.Tensor | None = None
-
-
 @register_method("deal")
-class DEAL(Method):
+class DEAL(ConceptPromptExplanations, Method):
     Config = DEALConfig
     inputs = frozenset({"features", "patches"})
     train_defaults = CoOp.train_defaults  # the CoOp-family schedule (SGD, lr 0.002, batch 32, cosine, warm-up)
@@ -169,14 +160,6 @@ class DEAL(Method):
                  **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
         c = self.config
-        for key, allowed in (("heatmap", HEATMAPS), ("map_norm", MAP_NORMS), ("contrastive", CONTRASTIVE),
-                             ("explain_prompts", EXPLAIN_PROMPTS), ("disen_reduction", REDUCTIONS)):
-            if getattr(c, key) not in allowed:
-                raise ConfigError(f"deal {key}={getattr(c, key)!r}: expected one of {allowed}")
-        if c.lambda_disen < 0 or c.lambda_local < 0:
-            raise ConfigError(f"deal lambda_disen={c.lambda_disen}, lambda_local={c.lambda_local}: expected >= 0")
-        if c.n_concepts < 0:
-            raise ConfigError(f"deal n_concepts={c.n_concepts}: expected >= 0 (0 = all)")
         if self.multilabel:
             raise ConfigError("deal explains each image's own class: it needs a single-label dataset")
         given = dict(concepts) if concepts is not None else dict(c.concepts)
@@ -213,10 +196,6 @@ class DEAL(Method):
             self.register_buffer("raw_text", normalize(raw.float()), persistent=False)
 
     # -- prompts ---------------------------------------------------------------------------------
-    @property
-    def n_classes(self) -> int:
-        return len(self.classnames)
-
     def prompt_texts(self, ctx_words: str = "An image of") -> list[str]:
         """The C category prompts then the T concept prompts, with `ctx_words` in the context slots."""
         n = self.prompt.n_ctx
@@ -243,33 +222,12 @@ class DEAL(Method):
 
     def _scores(self, batch: dict[str, torch.Tensor], text: torch.Tensor | None = None) -> torch.Tensor:
         text = self.all_text_features() if text is None else text
-        img = normalize(self.image_features(batch).to(text.dtype))
-        return self.backbone.logit_scale.detach() * img @ text.t()  # (B, C + T)
+        return clip_logits(self.image_features(batch), text, self.backbone.logit_scale.detach())  # (B, C + T)
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._scores(batch, self.all_text_features())[:, : self.n_classes]
 
-    def concept_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cosine similarity (B, T) of each image with every concept prompt (names: `concept_names`)."""
-        return self._scores(batch)[:, self.n_classes:] / self.backbone.logit_scale.detach()
-
-    def concept_contributions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, C, Kmax): concept k's share s cos(x, t_{c,k}) / K_c of class c's concept-averaged logit
-        (padding 0); summed over k it gives `concept_averaged_logits`."""
-        s = self._scores(batch)[:, self.n_classes:][:, self.concept_index]  # (B, C, Kmax)
-        m = self.concept_mask.to(s.dtype)
-        return s * m / m.sum(1, keepdim=True)
-
-    def concept_averaged_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Classification by description: class c scores the mean of its concept prompts' logits (B, C)."""
-        return self.concept_contributions(batch).sum(-1)
-
     # -- heat maps -------------------------------------------------------------------------------
-    def _targets(self, classes: torch.Tensor) -> list[ClassTarget]:
-        """Category logit of each image's class, then its class's Kmax concept logits (over C + T outputs)."""
-        rows = self.n_classes + self.concept_index[classes]  # (B, Kmax)
-        return [ClassTarget(classes)] + [ClassTarget(rows[:, k]) for k in range(rows.shape[1])]
-
     def concept_maps(self, batch: dict[str, torch.Tensor], classes: torch.Tensor | None = None, *,
                      text: torch.Tensor | None = None, create_graph: bool = False) -> ConceptMaps:
         """Training-time heat maps from the patch tokens (raw, not normalised) of `classes` (default:
@@ -300,7 +258,7 @@ class DEAL(Method):
 
         def forward(tokens: torch.Tensor) -> ModelOutput:
             pooled = self.adapter(tokens).mean(1)  # lite: exactly the global feature
-            return ModelOutput(logits=scale * normalize(pooled.to(text.dtype)) @ text.t())
+            return ModelOutput(logits=clip_logits(pooled, text, scale))
 
         cam = GradCAM(forward, self.adapter, reshape=vit_reshape((side, side)))
         res = cam.compute(patches, self._targets(classes), create_graph=create_graph)
@@ -323,59 +281,6 @@ class DEAL(Method):
         r_disen, r_local = self.regularisers(maps)
         total = contr + c.lambda_disen * r_disen + c.lambda_local * r_local if regularised else contr  # Eq. 5
         return {"loss": total, "contr": contr.detach(), "r_disen": r_disen.detach(), "r_local": r_local.detach()}
-
-    # -- explanations on pixels ------------------------------------------------------------------
-    def pixel_forward(self, text: torch.Tensor | None = None):
-        """pixels -> ModelOutput with logits (B, C + T) over `text` (default: the explained texts)."""
-        text = self.explain_text().detach() if text is None else text
-
-        def forward(pixels: torch.Tensor) -> ModelOutput:
-            feats = self.backbone.encode_image(pixels)
-            return ModelOutput(logits=self._scores({"features": feats.global_}, text), features=feats)
-
-        return forward
-
-    def heat_maps(self, pixels: torch.Tensor, classes: torch.Tensor | None = None, *,
-                  explainer: Literal["gradcam", "chefer"] = "gradcam", create_graph: bool = False) -> ConceptMaps:
-        """Concept and category heat maps on pixels (B, 3, S, S) for `classes` (default: predicted):
-        Grad-CAM on the backbone's explain layer (any backbone) or Chefer relevance (ViTs)."""
-        if explainer not in ("gradcam", "chefer"):
-            raise ConfigError(f"deal explainer={explainer!r}: expected 'gradcam' or 'chefer'")
-        pixels = pixels.to(self.backbone.device)
-        with torch.no_grad():
-            text = self.all_text_features()
-            if classes is None:
-                classes = self._scores({"features": self.backbone.encode_image(pixels).global_}, text)[
-                    :, : self.n_classes].argmax(1)
-        classes = torch.as_tensor(classes, device=pixels.device).long()
-        forward = self.pixel_forward(self.explain_text(text))
-        tool = relevance_for(self.backbone, forward) if explainer == "chefer" else gradcam_for(self.backbone, forward)
-        res = tool.compute(pixels, self._targets(classes), create_graph=create_graph)
-        return ConceptMaps(res.maps[:, 1:], res.maps[:, 0], self.concept_mask[classes], classes, res.scores)
-
-    def explain(self, batch: dict[str, torch.Tensor], k: int = 3) -> dict[str, Any]:
-        """Per image: the predicted class, its concepts ranked by their contribution to the class's
-        concept-averaged logit, a one-line rationale naming the top `k`, and, when the batch holds
-        pixels, the Grad-CAM concept and category maps of the predicted class."""
-        with torch.no_grad():
-            logits = self.logits(batch)
-            contrib = self.concept_contributions(batch)
-        pred = logits.argmax(1)
-        ranked, rationale = [], []
-        for i, c in enumerate(pred.tolist()):
-            names = self.concept_lists.concepts[c]
-            values = contrib[i, c, : len(names)].tolist()
-            order = sorted(range(len(names)), key=lambda j: -values[j])
-            ranked.append([(names[j], float(values[j])) for j in order])
-            rationale.append(f"{self.classnames[c]}, with " + ", ".join(names[j] for j in order[:k]))
-        out: dict[str, Any] = {"predicted": pred, "concepts": ranked, "contributions": contrib, "rationale": rationale}
-        if "pixels" in batch:
-            maps = self.heat_maps(batch["pixels"], pred)
-            out.update(concept_maps=maps.concepts, category_map=maps.category, concept_mask=maps.mask)
-        return out
-
-    def concepts_of(self, cls: int) -> list[str]:
-        return list(self.concept_lists.concepts[cls])
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "concepts": self.concept_lists.summary(), "prompts": self.prompt_texts()}

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import torch
 
 from conceptclip.methods import register_method
-from conceptclip.methods.ecor import RationaleConfig, RationaleMethod
+from conceptclip.methods.base import option
+from conceptclip.methods.rationale_family import RationaleConfig, RationaleMethod
 from conceptclip.prompts.rationales import multi_positive_nll, positive_pairs
 
 
 @dataclass
 class DrorConfig(RationaleConfig):
-    top_k: int = 1  # the argmax pair
+    top_k: int = option(1, "pairs that vote: 1, the most probable pair decides", "ours")
 
 
 @register_method("dror")

@@ -24,20 +24,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from conceptclip.errors import ConfigError
 from conceptclip.methods import register_method
-from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.methods.base import option
 from conceptclip.methods.coop import CoOp
-from conceptclip.prompts import ContextPrompt, class_text_features, normalize
+from conceptclip.methods.coop_family import ContextMethod, PhraseContextConfig
+from conceptclip.prompts import class_text_features
+
+KGCOOP_CODE = "code: htyao89/KgCoOp KgCoOp/scripts/run.sh"
 
 
 @dataclass
-class KgCoOpConfig(MethodConfig):
-    n_ctx: int = 4
-    ctx_init: str = "a photo of a"
-    lam: float = 8.0  # lambda of Eq. 7 (reference scripts: 8.0)
-    kg_form: str = "cosine"  # cosine: 1 - mean cos (reference code) | squared: mean ||w - w_clip||^2 (Eq. 6)
-    init_std: float = 0.02
+class KgCoOpConfig(PhraseContextConfig):
+    lam: float = option(8.0, "lambda of Eq. 7 (the reference scripts' 8.0)", KGCOOP_CODE)
+    kg_form: str = option("cosine", "cosine: 1 - mean cos (reference code, trainers/kgcoop.py) | squared: mean "
+                                    "||w - w_clip||^2 (Eq. 6 as printed)", "code: htyao89/KgCoOp trainers/kgcoop.py")
+
+    def validate(self) -> None:
+        super().validate()
+        self.expect_choice("kg_form", ("cosine", "squared"))
 
 
 def kg_loss(learned: torch.Tensor, handcrafted: torch.Tensor, form: str = "cosine") -> torch.Tensor:
@@ -49,32 +53,18 @@ def kg_loss(learned: torch.Tensor, handcrafted: torch.Tensor, form: str = "cosin
 
 
 @register_method("kgcoop")
-class KgCoOp(Method):
+class KgCoOp(ContextMethod):
     Config = KgCoOpConfig
-    inputs = frozenset({"features"})
     train_defaults = CoOp.train_defaults  # CoOp's schedule (SGD lr 0.002, batch 32)
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
-        if self.config.kg_form not in ("cosine", "squared"):
-            raise ConfigError(f"kgcoop kg_form={self.config.kg_form!r}: expected 'cosine' or 'squared'")
-        self.prompt = ContextPrompt.from_config(backbone, self.classnames, self.config)
         # w^clip: fixed, class-specific, recomputed from the class names (never checkpointed)
         self.register_buffer("handcrafted", class_text_features(backbone, self.classnames, [self.template]),
                              persistent=False)
 
-    def text_features(self) -> torch.Tensor:
-        return normalize(self.prompt())
-
-    def _logits(self, text: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        img = normalize(batch["features"].to(text.dtype))
-        return self.backbone.logit_scale.detach() * img @ text.t()
-
-    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._logits(self.text_features(), batch)
-
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         text = self.text_features()
-        ce = self.classification_loss(self._logits(text, batch), batch["labels"])
-        kg = kg_loss(text, self.handcrafted.to(text.dtype), self.config.kg_form)
-        return {"loss": ce + self.config.lam * kg, "ce": ce.detach(), "kg": kg.detach()}
+        ce = self.classification_loss(self.class_logits(text, batch), batch["labels"])
+        kg = kg_loss(text, self.handcrafted.to(text.dtype), self.config.kg_form)  # Eq. 6
+        return {"loss": ce + self.config.lam * kg, "ce": ce.detach(), "kg": kg.detach()}  # Eq. 7

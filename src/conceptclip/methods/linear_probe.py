@@ -18,7 +18,7 @@ validation cross-entropy, then the smaller C; how many grid points tied is recor
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 
 from conceptclip.errors import ConfigError
 from conceptclip.methods import register_method
-from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.methods.base import Method, MethodConfig, option
 from conceptclip.prompts import normalize
 
 
@@ -36,10 +36,11 @@ class LinearProbeConvergenceWarning(UserWarning):
 
 @dataclass
 class LinearProbeConfig(MethodConfig):
-    c_grid: list[float] = field(default_factory=lambda: [float(c) for c in np.logspace(-3, 3, 13)])
-    max_iter: int = 1000
-    tol: float = 1e-10  # L-BFGS gradient tolerance (ours; scikit-learn's default 1e-4 stops early at small C)
-    converged_rtol: float = 1e-6  # converged: max|grad| <= converged_rtol * max|grad at W=0| (ours)
+    c_grid: list[float] = option(help="inverse regularisation C searched on the validation part", source="ours",
+                                 factory=lambda: [float(c) for c in np.logspace(-3, 3, 13)])
+    max_iter: int = option(1000, "L-BFGS iterations (the papers' budget)")
+    tol: float = option(1e-10, "L-BFGS gradient tolerance (scikit-learn's default 1e-4 stops early at small C)", "ours")
+    converged_rtol: float = option(1e-6, "converged: max|grad| <= converged_rtol * max|grad at W=0|", "ours")
 
 
 def objective_gradient(coef: np.ndarray, intercept: np.ndarray, x: np.ndarray, y: np.ndarray, c: float,
@@ -63,7 +64,6 @@ def objective_gradient(coef: np.ndarray, intercept: np.ndarray, x: np.ndarray, y
 @register_method("linear_probe")
 class LinearProbe(Method):
     Config = LinearProbeConfig
-    inputs = frozenset({"features"})
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)

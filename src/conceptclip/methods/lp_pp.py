@@ -38,20 +38,25 @@ import torch.nn.functional as F
 
 from conceptclip.errors import ConfigError
 from conceptclip.methods import register_method
-from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.methods.base import Method, MethodConfig, option
 from conceptclip.prompts import class_text_features, normalize
+
+
+LPPP_CODE = "code: FereshteShakeri/FewShot-CLIP-Strong-Baseline methods/linear_probe_p2.py"
+LPPP_CONFIG = "code: FereshteShakeri/FewShot-CLIP-Strong-Baseline configs/base.yaml"
 
 
 @dataclass
 class LPPPConfig(MethodConfig):
-    solver: str = "official"  # official (linear_probe_p2.py) | mm (earlier reading)
-    epochs: int = 300  # official: full-batch epochs (base.yaml train_epoch)
-    alpha_every: int = 10  # official: alpha steps every this many epochs
-    alpha_grad: str = "accumulated"  # official: accumulated since the start | epoch: this epoch's only
-    select: str = "val"  # official: best validation accuracy (ties: later epoch) | last
-    momentum: float = 0.9
-    iterations: int = 300  # mm: block-coordinate sweeps over the full batch
-    init_alpha: float = 1.0  # mm: initial alpha
+    solver: str = option("official", "official (linear_probe_p2.py) | mm (earlier reading)", LPPP_CODE)
+    epochs: int = option(300, "official: full-batch epochs (base.yaml train_epoch)", LPPP_CONFIG)
+    alpha_every: int = option(10, "official: alpha steps every this many epochs", LPPP_CODE)
+    alpha_grad: str = option("accumulated", "official: accumulated since the start | epoch: this epoch's only",
+                             LPPP_CODE)
+    select: str = option("val", "official: best validation accuracy (ties: later epoch) | last", LPPP_CODE)
+    momentum: float = option(0.9, "official: SGD momentum of V and b", LPPP_CODE)
+    iterations: int = option(300, "mm: block-coordinate sweeps over the full batch", "ours")
+    init_alpha: float = option(1.0, "mm: initial alpha", "ours")
 
 
 def lipschitz_v(x: torch.Tensor) -> float:
@@ -91,7 +96,6 @@ def lp_pp_logits(x: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor, text: to
 @register_method("lp_pp")
 class LPPP(Method):
     Config = LPPPConfig
-    inputs = frozenset({"features"})
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)

@@ -20,29 +20,25 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from conceptclip.errors import ConfigError
 from conceptclip.methods import register_method
-from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.methods.base import option
 from conceptclip.methods.coop import CoOp
-from conceptclip.prompts import ContextPrompt, class_text_features, normalize
+from conceptclip.methods.coop_family import ContextMethod, PhraseContextConfig
+from conceptclip.prompts import class_text_features
+from conceptclip.prompts.logits import clip_logits, kl_distillation
 
 
 @dataclass
-class ProGradConfig(MethodConfig):
-    n_ctx: int = 4
-    ctx_init: str = "a photo of a"
-    lam: float = 1.0  # lambda of Eq. 5
-    temperature: float = 1.0  # T of L_kl
-    init_std: float = 0.02
+class ProGradConfig(PhraseContextConfig):
+    lam: float = option(1.0, "lambda of Eq. 5 (1: the conflicting component is removed exactly)")
+    temperature: float = option(1.0, "T of L_kl = T^2 KL(p_zs || p)")
 
 
 def kl_to_zeroshot(logits: torch.Tensor, zs_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """L_kl = T^2 * mean_batch KL(softmax(z_zs / T) || softmax(z / T))."""
-    t = temperature
-    return F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(zs_logits / t, -1), reduction="batchmean",
-                    log_target=True) * t * t
+    return kl_distillation(logits, zs_logits, temperature, "batchmean")
 
 
 def project_gradient(g_d: torch.Tensor, g_g: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
@@ -55,27 +51,19 @@ def project_gradient(g_d: torch.Tensor, g_g: torch.Tensor, lam: float = 1.0) -> 
 
 
 @register_method("prograd")
-class ProGrad(Method):
+class ProGrad(ContextMethod):
     Config = ProGradConfig
-    inputs = frozenset({"features"})
     train_defaults = CoOp.train_defaults  # CoOp's schedule, as the paper
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
         if self.multilabel:
             raise ConfigError("prograd's KL to the zero-shot softmax needs a single-label dataset")
-        self.prompt = ContextPrompt.from_config(backbone, self.classnames, self.config)
         self.register_buffer("handcrafted", class_text_features(backbone, self.classnames, [self.template]),
                              persistent=False)
 
-    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        text = normalize(self.prompt())
-        img = normalize(batch["features"].to(text.dtype))
-        return self.backbone.logit_scale.detach() * img @ text.t()
-
     def zeroshot_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        img = normalize(batch["features"].to(self.handcrafted.dtype))
-        return self.backbone.logit_scale.detach() * img @ self.handcrafted.t()
+        return clip_logits(batch["features"], self.handcrafted, self.backbone.logit_scale.detach())
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.logits(batch)

@@ -42,20 +42,24 @@ from torch import nn
 
 from conceptclip.errors import ConfigError
 from conceptclip.methods import register_method
-from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.methods.base import Method, MethodConfig, option
 from conceptclip.prompts import class_text_features, normalize
 from conceptclip.prompts.adapters import cache_logits
+from conceptclip.prompts.logits import clip_logits
+
+
+TIP_CONFIGS = "code: gaopengcuhk/Tip-Adapter configs"
 
 
 @dataclass
 class TipAdapterConfig(MethodConfig):
-    init_alpha: float = 1.0
-    init_beta: float = 1.0
-    search: bool = True
-    beta_max: float = 7.0  # search_scale[0]
-    alpha_max: float = 3.0  # search_scale[1]
-    beta_steps: int = 200  # search_step[0]
-    alpha_steps: int = 20  # search_step[1]
+    init_alpha: float = option(1.0, "residual ratio alpha before (and, for Tip-Adapter-F, during) the search", "ours")
+    init_beta: float = option(1.0, "sharpness beta before (and, for Tip-Adapter-F, during) the search", "ours")
+    search: bool = option(True, "search alpha, beta on the validation part")
+    beta_max: float = option(7.0, "beta grid [0.1, beta_max) (search_scale[0])", TIP_CONFIGS)
+    alpha_max: float = option(3.0, "alpha grid [0.1, alpha_max) (search_scale[1])", TIP_CONFIGS)
+    beta_steps: int = option(200, "beta grid points (search_step[0])", TIP_CONFIGS)
+    alpha_steps: int = option(20, "alpha grid points (search_step[1])", TIP_CONFIGS)
 
 
 def search_grid(top: float, steps: int) -> torch.Tensor:
@@ -88,7 +92,6 @@ def search_alpha_beta(zs_logits: torch.Tensor, affinity: torch.Tensor, values: t
 @register_method("tip_adapter")
 class TipAdapter(Method):
     Config = TipAdapterConfig
-    inputs = frozenset({"features"})
     learn_keys = False
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
@@ -112,7 +115,7 @@ class TipAdapter(Method):
             self.register_buffer("cache_keys", keys.clone())
 
     def zeroshot_logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.backbone.logit_scale.detach() * normalize(features) @ self.classifier.t()
+        return clip_logits(features, self.classifier, self.backbone.logit_scale.detach())
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         f = normalize(batch["features"].float())
@@ -162,7 +165,8 @@ class TipAdapter(Method):
 
 @dataclass
 class TipAdapterFConfig(TipAdapterConfig):
-    pre_search: bool = False  # True: also search alpha, beta before fine-tuning (not the reference order)
+    pre_search: bool = option(False, "true: also search alpha, beta before fine-tuning (not the reference order)",
+                              "code: gaopengcuhk/Tip-Adapter main.py")
 
 
 @register_method("tip_adapter_f")

@@ -24,7 +24,7 @@ Named options keep our earlier reading (V1_OPTIONS): a soft prompt as long as th
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -33,11 +33,13 @@ import torch.nn.functional as F
 from conceptclip.errors import ConfigError
 from conceptclip.knowledge.templates import PromptTemplate
 from conceptclip.methods import register_method
-from conceptclip.methods.base import Method, MethodConfig
+from conceptclip.methods.base import Method, MethodConfig, option, upgrade_saved_config
+from conceptclip.methods.concept_family import ConceptDistanceExplanations
 from conceptclip.prompts import ContextPrompt, normalize
 from conceptclip.prompts.concept_context import (
     MatchedContextPrompt, pad_token_id, reference_prompts, special_token_ids,
 )
+from conceptclip.prompts.logits import global_similarity, local_similarity
 
 CHOICES = {"knowledge": ("clinical", "random", "irrelevant"), "local_pool": ("mean", "max"),
            "soft_prompt": ("paper", "matched"), "token_loss": ("contrastive", "squared"),
@@ -57,33 +59,59 @@ IRRELEVANT_CONCEPTS = (
 
 @dataclass
 class XCoOpConfig(MethodConfig):
-    bank: str = ""  # a shared-bank name or bank JSON file; "" = the bank registered for these classes, else required
-    class_map: dict[str, str] = field(default_factory=dict)  # dataset class -> bank class
-    concept_prompts: dict[str, str] = field(default_factory=dict)  # class -> clinical prompt (beats `bank`)
-    clinical_template: str = "paper"  # paper: PAPER_TEMPLATE | modality: MODALITY_TEMPLATE (needs `modality`)
-    modality: str = ""  # e.g. "dermoscopy", for clinical_template="modality" and a {modality} concept_template
-    top_k: int = 0  # at most this many concepts per class (0: all)
-    min_frequency: float = 0.0  # keep bank concepts present in at least this fraction of the class
-    knowledge: str = "clinical"  # clinical | random | irrelevant (knowledge intervention)
-    knowledge_seed: int = 0
-    soft_prompt: str = "paper"  # paper: class-specific "[V]_1..[V]_n [CLASS]." | matched: one [V] per clinical token
-    ctx_init: str = "a photo of a"  # words (n = their tokens) | random: N(0, init_std^2) | concepts (matched only)
-    n_ctx: int = 4  # context tokens of ctx_init="random" with soft_prompt="paper" (Fig. 4)
-    init_std: float = 0.02
-    token_alignment: bool = True  # L_T, Eqs. 1-2
-    token_loss: str = "contrastive"  # contrastive (Eqs. 1-2) | squared: mean ||v - q||^2 of the soft tokens (ours)
-    prompt_alignment: bool = True  # L_P, Eq. 3
-    prompt_reduction: str = "sum"  # sum over classes (Eq. 3) | mean
-    local_alignment: bool = True  # local term of Eq. 4
-    ipa: str = "paper"  # paper: one CE of Eq. 4 | two_ce: CE(global) + lam * CE(local) (ours)
-    inference: str = "global_local"  # the score of Eq. 4 (Sec. 2.3) | global: s cos(p, g(V_d)) only
-    weight_token: float = 0.5  # L_PPA = (L_T + L_P) / 2
-    weight_prompt: float = 0.5
-    weight_ipa: float = 1.0  # lambda' (the paper gives no value)
-    tau: float = 0.9  # temperature of Eqs. 1 and 3
-    lam: float = 0.1  # lambda: weight of the local (patch) score in Eq. 4
-    local_pool: str = "mean"  # mean (Eq. 4) | max over patches
-    concept_template: str = "a photo with {concept}."  # concept prompts of the textual explanation
+    error_prefix = "xcoop "
+
+    bank: str = option("", "a shared-bank name or bank JSON file; '' = the bank registered for these classes, else "
+                           "required", "ours")
+    class_map: dict[str, str] = option(help="dataset class -> bank class", source="ours", factory=dict)
+    concept_prompts: dict[str, str] = option(help="class -> clinical prompt (beats `bank`)", source="ours",
+                                             factory=dict)
+    clinical_template: str = option("paper", "paper: PAPER_TEMPLATE (Sec. 2.1 example) | modality: MODALITY_TEMPLATE "
+                                             "(needs `modality`)")
+    modality: str = option("", "e.g. 'dermoscopy', for clinical_template=modality and a {modality} concept_template",
+                           "ours")
+    top_k: int = option(0, "at most this many concepts per class (0: all)", "ours")
+    min_frequency: float = option(0.0, "keep bank concepts present in at least this fraction of the class", "ours")
+    knowledge: str = option("clinical", "clinical | random | irrelevant (knowledge intervention)")
+    knowledge_seed: int = option(0, "seed of the random / irrelevant knowledge", "ours")
+    soft_prompt: str = option("paper", "paper: class-specific '[V]_1..[V]_n [CLASS].' (Sec. 2) | matched: one [V] "
+                                       "per clinical token (ours)")
+    ctx_init: str = option("a photo of a", "words (n = their tokens, Sec. 2) | random: N(0, init_std^2) | concepts "
+                                           "(matched only)")
+    n_ctx: int = option(4, "context tokens of ctx_init=random with soft_prompt=paper (Fig. 4)")
+    init_std: float = option(0.02, "std of a random context initialisation", "code: KaiyangZhou/CoOp trainers/coop.py")
+    token_alignment: bool = option(True, "L_T, Eqs. 1-2")
+    token_loss: str = option("contrastive", "contrastive: Eqs. 1-2 (per-token cosines summed, official code) | "
+                                            "squared: mean ||v - q||^2 of the soft tokens (ours)")
+    prompt_alignment: bool = option(True, "L_P, Eq. 3")
+    prompt_reduction: str = option("sum", "sum over classes (Eq. 3) | mean")
+    local_alignment: bool = option(True, "the local term of Eq. 4")
+    ipa: str = option("paper", "paper: one CE of Eq. 4 | two_ce: CE(global) + lam * CE(local) (ours)")
+    inference: str = option("global_local", "global_local: the score of Eq. 4 (Sec. 2.3) | global: s cos(p, g(V_d))")
+    weight_token: float = option(0.5, "weight of L_T: L_PPA = (L_T + L_P) / 2")
+    weight_prompt: float = option(0.5, "weight of L_P: L_PPA = (L_T + L_P) / 2")
+    weight_ipa: float = option(1.0, "lambda' of L = L_PPA + lambda' L_IPA (the paper gives no value)", "ours")
+    tau: float = option(0.9, "temperature of Eqs. 1 and 3 (Sec. 3.1)")
+    lam: float = option(0.1, "lambda: weight of the local (patch) score in Eq. 4 (Sec. 3.1)")
+    local_pool: str = option("mean", "mean over patches (Eq. 4) | max (ours)")
+    concept_template: str = option("a photo with {concept}.", "concept prompts of the textual explanation", "ours")
+
+    def validate(self) -> None:
+        super().validate()
+        for name, options in CHOICES.items():
+            self.expect_choice(name, options)
+        self.expect(self.tau > 0, "tau", "a positive temperature")
+        for name in ("lam", "weight_token", "weight_prompt", "weight_ipa"):
+            self.expect(getattr(self, name) >= 0, name, "a non-negative weight")
+        if self.top_k < 0 or self.n_ctx < 1:
+            raise ConfigError(f"xcoop top_k={self.top_k}, n_ctx={self.n_ctx}: expected top_k >= 0 and n_ctx >= 1")
+        if self.soft_prompt == "matched" and self.ctx_init not in ("random", "concepts"):
+            raise ConfigError(f"xcoop ctx_init={self.ctx_init!r} with soft_prompt='matched': expected ctx_init=random "
+                              "or ctx_init=concepts (words initialise only the paper prompt)")
+        if self.modality and self.clinical_template != "modality" and "{modality}" not in self.concept_template:
+            raise ConfigError(f"xcoop modality={self.modality!r} is used only by clinical_template=modality (v1's 'a "
+                              "{modality} image of [class], which has ...'); the paper's prompt is 'a photo of [class], "
+                              "with ...': drop modality or set clinical_template=modality")
 
 
 # Our earlier defaults (before the paper-faithful ones): every option that differs.
@@ -96,12 +124,8 @@ NEW_FIELDS = frozenset({"clinical_template", "soft_prompt", "n_ctx", "token_loss
 
 
 def upgrade_config(values: dict[str, Any]) -> dict[str, Any]:
-    """A config saved before the paper-faithful defaults (every field of that version, none of the new
-    ones) runs as it was trained: its missing options take their V1 values."""
-    old = {f.name for f in fields(XCoOpConfig)} - NEW_FIELDS
-    if set(values) == old:
-        return {**V1_OPTIONS, **values}
-    return values
+    """A config saved before the paper-faithful defaults runs as it was trained (V1_OPTIONS)."""
+    return upgrade_saved_config(values, XCoOpConfig, NEW_FIELDS, V1_OPTIONS)
 
 
 # -- the paper's terms, pure functions -------------------------------------------------
@@ -124,17 +148,6 @@ def prompt_alignment_loss(soft: torch.Tensor, hard: torch.Tensor, tau: float = 0
     clinical (D, E) prompt features (reduction "mean": divided by D)."""
     sim = normalize(soft) @ normalize(hard.to(soft.dtype)).t() / tau
     return F.cross_entropy(sim, torch.arange(sim.shape[0], device=sim.device), reduction=reduction)
-
-
-def global_similarity(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """cos(p, g(V_d)) for global features (B, E) and class features (D, E) -> (B, D)."""
-    return normalize(features.to(text.dtype)) @ normalize(text).t()
-
-
-def local_similarity(patches: torch.Tensor, text: torch.Tensor, pool: str = "mean") -> torch.Tensor:
-    """(1/M) sum_m cos(f_m, g(V_d)) for patches (B, M, E) -> (B, D) ("max": max over m)."""
-    sim = normalize(patches.to(text.dtype)) @ normalize(text).t()  # (B, M, D)
-    return sim.mean(1) if pool == "mean" else sim.amax(1)
 
 
 def ipa_logits(features: torch.Tensor, patches: torch.Tensor | None, text: torch.Tensor,
@@ -220,7 +233,7 @@ def irrelevant_prompts(knowledge: Knowledge, config: XCoOpConfig) -> dict[str, s
 
 # -- the method ---------------------------------------------------------------------------
 @register_method("xcoop")
-class XCoOp(Method):
+class XCoOp(ConceptDistanceExplanations, Method):
     Config = XCoOpConfig
     inputs = frozenset({"features", "patches"})
     # Sec. 3.1: SGD lr 0.032, warm-up and cosine; epochs, warm-up and batch: the official config
@@ -234,23 +247,6 @@ class XCoOp(Method):
             config = upgrade_config(config)
         super().__init__(backbone, classnames, config, **kw)
         c = self.config
-        for name, options in CHOICES.items():
-            if getattr(c, name) not in options:
-                raise ConfigError(f"xcoop {name}={getattr(c, name)!r}: expected one of {options}")
-        if not c.tau > 0:
-            raise ConfigError(f"xcoop tau={c.tau}: expected a positive temperature")
-        for name in ("lam", "weight_token", "weight_prompt", "weight_ipa"):
-            if getattr(c, name) < 0:
-                raise ConfigError(f"xcoop {name}={getattr(c, name)}: expected a non-negative weight")
-        if c.top_k < 0 or c.n_ctx < 1:
-            raise ConfigError(f"xcoop top_k={c.top_k}, n_ctx={c.n_ctx}: expected top_k >= 0 and n_ctx >= 1")
-        if c.soft_prompt == "matched" and c.ctx_init not in ("random", "concepts"):
-            raise ConfigError(f"xcoop ctx_init={c.ctx_init!r} with soft_prompt='matched': expected ctx_init=random "
-                              "or ctx_init=concepts (words initialise only the paper prompt)")
-        if c.modality and c.clinical_template != "modality" and "{modality}" not in c.concept_template:
-            raise ConfigError(f"xcoop modality={c.modality!r} is used only by clinical_template=modality (v1's 'a "
-                              "{modality} image of [class], which has ...'); the paper's prompt is 'a photo of [class], "
-                              "with ...': drop modality or set clinical_template=modality")
         self.knowledge = resolve_knowledge(c, self.classnames, self.context.get("knowledge_exclude"))
         # every clinical concept of every class, in first-appearance order (names of `concept_scores`)
         self.concept_names = list(dict.fromkeys(p for n in self.classnames for p in self.knowledge.concepts[n]))
@@ -347,37 +343,6 @@ class XCoOp(Method):
         total = ppa + c.weight_ipa * ipa
         terms.update(ipa=ipa.detach(), token=token.detach(), prompt=prompt.detach(), ppa=ppa.detach())
         return {"loss": total, **terms}
-
-    # -- explanations ----------------------------------------------------------------------
-    @torch.no_grad()
-    def concept_features(self, concepts: Sequence[str] | None = None) -> torch.Tensor:
-        """L2-normalised features (K, D) of one prompt per concept (`concept_template`)."""
-        concepts = list(concepts) if concepts is not None else self.concept_names
-        if not concepts:
-            raise ConfigError("xcoop: no clinical concepts to explain with (prompts were given as text; "
-                              "pass the concepts explicitly)")
-        texts = [self.config.concept_template.format(modality=self.config.modality, concept=k) for k in concepts]
-        return normalize(self.backbone.encode_texts(texts).float())
-
-    def concept_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """cos(f, concept prompt k) of each image (B, K), concepts in `concept_names` order."""
-        concepts = self.concept_features().to(batch["features"].device)
-        return normalize(batch["features"].float()) @ concepts.t()
-
-    @torch.no_grad()
-    def explain(self, batch: dict[str, torch.Tensor], k: int = 3) -> dict[str, Any]:
-        """Per image, a one-line rationale: the predicted class and the `k` clinical concepts its
-        learned prompt lies nearest to (cosine distance, the textual explanation of the paper)."""
-        from conceptclip.metrics.prompt_distance import prompt_concept_distance
-
-        if not self.concept_names:
-            return {}
-        dist = prompt_concept_distance(self.text_features().float().cpu(), self.concept_features().cpu())
-        pred = self.logits(batch).argmax(1).tolist()
-        nearest = {c: [self.concept_names[int(j)] for j in dist.ranking[c, :k]] for c in set(pred)}
-        return {"rationale": [f"{self.classnames[c]}: its learned prompt lies nearest to "
-                              f"{', '.join(nearest[c])}" for c in pred],
-                "nearest_concepts": {self.classnames[c]: v for c, v in nearest.items()}}
 
     def describe(self) -> dict[str, Any]:
         tok = getattr(self.backbone, "tokenizer", None)

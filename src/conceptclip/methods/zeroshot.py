@@ -3,24 +3,25 @@ scaled by the backbone's logit scale; several templates are ensembled by averagi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from conceptclip.methods import register_method
-from conceptclip.methods.base import Method, MethodConfig
-from conceptclip.prompts import class_text_features, normalize
+from conceptclip.methods.base import Method, MethodConfig, option
+from conceptclip.prompts import class_text_features
+from conceptclip.prompts.logits import clip_logits
 
 
 @dataclass
 class ZeroShotConfig(MethodConfig):
-    templates: list[str] = field(default_factory=list)  # empty: the dataset's template
+    templates: list[str] = option(help="'{}' prompt templates whose features are averaged; empty: the dataset's "
+                                       "template", source="ours", factory=list)
 
 
 @register_method("zeroshot")
 class ZeroShot(Method):
     Config = ZeroShotConfig
-    inputs = frozenset({"features"})
 
     def __init__(self, backbone, classnames, config=None, **kw) -> None:
         super().__init__(backbone, classnames, config, **kw)
@@ -29,5 +30,4 @@ class ZeroShot(Method):
         self.register_buffer("text_features", class_text_features(backbone, self.classnames, templates), persistent=False)
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        img = normalize(batch["features"].to(self.text_features.dtype))
-        return self.backbone.logit_scale.detach() * img @ self.text_features.t()
+        return clip_logits(batch["features"], self.text_features, self.backbone.logit_scale.detach())

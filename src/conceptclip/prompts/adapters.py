@@ -1,6 +1,6 @@
 """Feature adapters on frozen CLIP features: CLIP-Adapter's bottleneck MLP with residual blending,
-and Tip-Adapter's key-value cache (its affinity function), shared by CLIP-Adapter, Tip-Adapter and
-Tip-Adapter-F.
+Tip-Adapter's key-value cache (its affinity function), shared by CLIP-Adapter, Tip-Adapter and
+Tip-Adapter-F, and the zero-initialised residual linear map on joint-space tokens that DEAL trains.
 """
 
 from __future__ import annotations
@@ -57,3 +57,17 @@ def cache_logits(features: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
 def _is_one_hot(values: torch.Tensor) -> bool:
     """Every row of `values` (N, C) is a one-hot vector (Tip-Adapter's cache values)."""
     return bool(((values == 0) | (values == 1)).all() and (values.sum(1) == 1).all())
+
+
+class TokenAdapter(nn.Module):
+    """f'(v) = v + W v + b on joint-space tokens (..., D); W, b start at zero (identity). DEAL's trained
+    residual linear map on the global feature and every patch token."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.linear(x)
