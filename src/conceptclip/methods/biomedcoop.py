@@ -78,19 +78,28 @@ def dataset_values(name: str | None) -> tuple[tuple[float, float, float], str]:
 
 
 BIOMEDCOOP_CODE = "code: HealthX-Lab/BiomedCoOp trainers/BiomedCoOp/biomedcoop_biomedclip.py"
+BIOMEDCOOP_FEWSHOT = "code: HealthX-Lab/BiomedCoOp configs/trainers/BiomedCoOp/few_shot"
+UNCHECKED = ("ours: CoOp's (end, one shared context); the official trainer reads CLASS_TOKEN_POSITION and CSC "
+             "from configs not checked here")
 
 
 @dataclass
 class BiomedCoOpConfig(PhraseContextConfig):
+    # BiomedCoOp publishes no equations: its context settings come from its official configs
+    n_ctx: int = option(4, "context tokens M (used when ctx_init is empty)", BIOMEDCOOP_FEWSHOT)
+    ctx_init: str = option("a photo of a", "words whose token embeddings start the context (M = their tokens)",
+                           BIOMEDCOOP_FEWSHOT)
+    class_token_position: str = option("end", "where [CLASS] stands: end | middle | front", UNCHECKED)
+    class_specific: bool = option(False, "CSC: one context per class", UNCHECKED)
     bank: str = option("", "shared-bank name (e.g. 'biomedcoop/BUSI') or a bank JSON file; '' = templates only", "ours")
     class_map: dict[str, str] = option(help="dataset class -> bank class", source="ours", factory=dict)
     n_prompts: int = option(50, "N_PROMPTS: prompt sets per class", BIOMEDCOOP_CODE)
     lambda_sccm: float | None = option(None, "weight of L_SCCM; null: the dataset's value (DATASET_TABLE)",
-                                       "code: HealthX-Lab/BiomedCoOp configs/trainers/BiomedCoOp/few_shot")
+                                       BIOMEDCOOP_FEWSHOT)
     lambda_kdsp: float | None = option(None, "weight of L_KDSP; null: the dataset's value (DATASET_TABLE)",
-                                       "code: HealthX-Lab/BiomedCoOp configs/trainers/BiomedCoOp/few_shot")
+                                       BIOMEDCOOP_FEWSHOT)
     tau: float | None = option(None, "threshold of the prompt-set selection; null: the dataset's value",
-                               "code: HealthX-Lab/BiomedCoOp configs/trainers/BiomedCoOp/few_shot")
+                               BIOMEDCOOP_FEWSHOT)
     sccm: str = option("mse", "mse (official) | l1 (earlier reading: mean absolute difference)", BIOMEDCOOP_CODE)
     kdsp_reduction: str = option("numel", "numel: KL summed / (B C) (official) | batchmean: KL summed / B",
                                  BIOMEDCOOP_CODE)

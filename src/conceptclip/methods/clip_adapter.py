@@ -29,7 +29,7 @@ from conceptclip.prompts.logits import clip_logits
 @dataclass
 class CLIPAdapterConfig(MethodConfig):
     alpha: float = option(0.2, "residual ratio alpha of Eq. 4")
-    reduction: int = option(4, "bottleneck D -> D / reduction -> D", "code: gaopengcuhk/CLIP-Adapter")
+    reduction: int = option(4, "bottleneck D -> D / reduction -> D", "code: gaopengcuhk/CLIP-Adapter clip_adapter.py")
 
 
 @register_method("clip_adapter")

@@ -25,11 +25,13 @@ COOP_CODE = "code: KaiyangZhou/CoOp trainers/coop.py"
 class ContextConfig(MethodConfig):
     """The learned context [V]_1 ... [V]_M of a CoOp-style prompt (defaults: CoOp's)."""
 
-    n_ctx: int = option(16, "context tokens M (used when ctx_init is empty; CoOp Sec. 4.1: 16)")
+    n_ctx: int = option(16, "context tokens M (used when ctx_init is empty; CoOp Sec. 4.1: 16)", "paper: CoOp")
     ctx_init: str = option("", "words whose token embeddings start the context (M = their tokens), e.g. 'a photo "
                                "of a'; empty: M random vectors N(0, init_std^2)")
-    class_token_position: str = option("end", "where [CLASS] stands among the context tokens: end | middle | front")
-    class_specific: bool = option(False, "CSC: one context per class instead of one shared by all classes")
+    class_token_position: str = option("end", "where [CLASS] stands among the context tokens: end | middle | front",
+                                       "paper: CoOp")
+    class_specific: bool = option(False, "CSC: one context per class instead of one shared by all classes",
+                                  "paper: CoOp")
     init_std: float = option(0.02, "std of the random context initialisation", COOP_CODE)
 
     def validate(self) -> None:
@@ -46,9 +48,9 @@ class PhraseContextConfig(ContextConfig):
     """M = 4 context tokens started from "a photo of a": CoCoOp's choice (Sec. 4), kept by KgCoOp, ProGrad
     and BiomedCoOp (its official few-shot configs)."""
 
-    n_ctx: int = option(4, "context tokens M (used when ctx_init is empty)")
+    n_ctx: int = option(4, "context tokens M (used when ctx_init is empty)", "paper: CoCoOp Sec. 4")
     ctx_init: str = option("a photo of a", "words whose token embeddings start the context (M = their tokens); "
-                                           "empty: n_ctx random vectors N(0, init_std^2)")
+                                           "empty: n_ctx random vectors N(0, init_std^2)", "paper: CoCoOp Sec. 4")
 
 
 class ContextMethod(Method):
