@@ -22,7 +22,8 @@ def test_every_method_config_field_has_help_and_a_source():
         for f in dataclasses.fields(get_method_class(name).Config):
             assert f.metadata.get("help"), f"{name}.{f.name}: no help"
             source = f.metadata.get("source", "")
-            assert source in ("paper", "ours") or source.startswith("code: "), f"{name}.{f.name}: source {source!r}"
+            assert source in ("paper", "ours") or source.startswith(("paper: ", "ours: ", "code: ")), \
+                f"{name}.{f.name}: source {source!r}"
 
 
 def test_the_coop_family_shares_one_config_base_and_classifier():

@@ -29,7 +29,8 @@ class MethodConfig:
     """Base of every method config: a dataclass that checks its own values when it is made (`validate`).
 
     A field states its help and where its default comes from in its metadata (`option`):
-    "paper", "code: REPOSITORY/FILE" (the official code, where the paper is silent) or "ours"."""
+    "paper" (or "paper: NAME" when another paper states it), "code: REPOSITORY/FILE" (the official code, where
+    the paper is silent) or "ours" (or "ours: why")."""
 
     # how `expect` names a field: "" = "ClassName." (a subclass may keep its method's earlier "name ")
     error_prefix: ClassVar[str] = ""
@@ -60,7 +61,8 @@ def upgrade_saved_config(values: dict[str, Any], cls: type, new_fields: Collecti
 
 def option(default: Any = dataclasses.MISSING, help: str = "", source: str = "paper", *,
            factory: Callable[[], Any] | None = None) -> Any:
-    """A config field with its help and the source of its default ("paper", "code: REPO/FILE" or "ours"),
+    """A config field with its help and the source of its default ("paper", "code: REPO/FILE" or "ours"; "paper: NAME"
+    where the paper is not the method's own, "ours: why" with a reason),
     the metadata `conceptclip methods NAME` prints; `factory` for a mutable default."""
     meta = {"help": help, "source": source}
     if factory is not None:
