@@ -42,7 +42,7 @@ def images(run_dir):
 def test_explain_images_writes_overlays_maps_and_scores(run_dir, images, tmp_path):
     from conceptclip.engine.load import load_run
     from conceptclip.explain import explain_method, method_similarity_maps
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
     from conceptclip.io import load_tensors
 
     out = tmp_path / "explained"
@@ -75,7 +75,7 @@ def test_explain_images_writes_overlays_maps_and_scores(run_dir, images, tmp_pat
 def test_explain_runs_the_sanity_checks_and_flags_failed_maps(run_dir, images, tmp_path):
     """Learned-parameter randomisation on every map type; a failed check puts a red banner above
     the overlays (a taller PNG) and its verdict into scores.json."""
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
 
     doc = explain_images(run_dir, images, tmp_path / "checked", explainers=["gradcam", "similarity"])
     assert set(doc["sanity"]) == {"gradcam", "similarity"}
@@ -91,7 +91,7 @@ def test_explain_runs_the_sanity_checks_and_flags_failed_maps(run_dir, images, t
 def test_predicted_class_and_concept_scores(run_dir, images, tmp_path):
     from conceptclip.engine.load import load_run
     from conceptclip.explain import concept_scores
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
     from conceptclip.prompts import encode_prompts
 
     concepts = ["a photo of a dark cat.", "a photo of white fish."]
@@ -115,7 +115,7 @@ def test_cli_and_errors(run_dir, images, tmp_path):
     from typer.testing import CliRunner
 
     from conceptclip.cli.explain import explain_app
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
 
     res = CliRunner().invoke(explain_app, [str(run_dir), str(images[0]), "--out", str(tmp_path / "c"),
                                            "-e", "gradcam", "--predicted-only"])
@@ -154,7 +154,7 @@ def deal_run(run_dir):
 
 def test_deal_explanation_ranks_concepts_and_draws_their_maps(deal_run, images, tmp_path):
     from conceptclip.engine.load import load_run
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
     from conceptclip.io import load_tensors
 
     out = tmp_path / "deal"
@@ -194,7 +194,7 @@ def test_no_method_explanation_without_explain_or_when_asked(run_dir, deal_run, 
     from typer.testing import CliRunner
 
     from conceptclip.cli.explain import explain_app
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
 
     doc = explain_images(run_dir, images[:1], tmp_path / "coop", explainers=["gradcam"])  # CoOp: no `explain`
     assert "method_explanation" not in doc["images"][0]
@@ -207,7 +207,7 @@ def test_no_method_explanation_without_explain_or_when_asked(run_dir, deal_run, 
 
 
 def test_split_method_explanation_keeps_names_and_moves_maps():
-    from conceptclip.explain.command import split_method_explanation
+    from conceptclip.engine.explain import split_method_explanation
 
     doc = {"predicted": torch.tensor([2, 0]), "rationale": ["a", "b"], "concepts": [[("x", 0.5)], [("y", 0.25)]],
            "concept_maps": torch.ones(2, 3, 4, 4), "rationale_map": torch.zeros(2, 4, 4),
@@ -248,7 +248,7 @@ def test_label_shuffled_twin_adds_the_data_randomisation_check(run_dir, images, 
 
     from conceptclip.data import Split, from_folder
     from conceptclip.engine.sanity import TWIN_DIR, label_shuffled, train_label_shuffled_twin
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
