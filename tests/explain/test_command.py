@@ -91,8 +91,8 @@ def test_explain_runs_the_sanity_checks_and_flags_failed_maps(run_dir, images, t
 def test_predicted_class_and_concept_scores(run_dir, images, tmp_path):
     from conceptclip.engine.load import load_run
     from conceptclip.explain import concept_scores
-    from conceptclip.report.explain_files import explain_images
     from conceptclip.prompts import encode_prompts
+    from conceptclip.report.explain_files import explain_images
 
     concepts = ["a photo of a dark cat.", "a photo of white fish."]
     doc = explain_images(run_dir, images[:2], tmp_path / "o", explainers=["gradcam"], targets="predicted", sanity=False,
@@ -109,6 +109,37 @@ def test_predicted_class_and_concept_scores(run_dir, images, tmp_path):
         got = torch.tensor([rec["concept_scores"][c] for c in concepts])
         assert torch.allclose(got, expected[i].detach(), atol=1e-5)
         assert Image.open(tmp_path / "o" / rec["overlays"]["gradcam"]).size == (2 * 36 + 4, 54)
+
+
+def test_one_pipeline_under_the_command_and_the_cards(run_dir, images):
+    """`engine.explain.RunExplanations` gives both faces their maps: the predicted-class maps (the
+    report cards, `--predicted-only`) are the all-class maps at the predicted class, and every card's
+    heat map is the overlay of the pipeline's map."""
+    from conceptclip.data.images import load_image
+    from conceptclip.engine.explain import RunExplanations
+    from conceptclip.explain.maps import center_crop_geometry
+    from conceptclip.report.explainer import RunExplainer
+    from conceptclip.report.overlay import overlay
+
+    pics = [load_image(p) for p in images]
+    every = RunExplanations(run_dir, sanity=False).explain_batch(pics)
+    pipe = RunExplanations(run_dir, targets="predicted", sanity=False)
+    pred = pipe.explain_batch(pics)
+    assert torch.equal(every.probabilities, pred.probabilities) and torch.equal(every.predicted, pred.predicted)
+    rows = torch.arange(len(pics))
+    assert list(pred.maps) == ["gradcam", "chefer", "similarity"]
+    for name, maps in pred.maps.items():
+        assert maps.shape[1] == 1
+        torch.testing.assert_close(maps[:, 0], every.maps[name][rows, every.predicted], atol=1e-6, rtol=1e-5)
+    for name, scores in pred.target_scores.items():
+        torch.testing.assert_close(scores[:, 0], every.target_scores[name][rows, every.predicted])
+    cards = RunExplainer(run_dir, load_bank=False, sanity=False).explain_batch(pics)
+    for i, card in enumerate(cards):
+        assert card.prediction == pipe.classnames[int(pred.predicted[i])]
+        shown = center_crop_geometry(pics[i], pipe.backbone.image_size)
+        for heat in card.maps:
+            expected = np.asarray(overlay(shown, pred.maps[heat.name][i, 0]))
+            assert np.array_equal(np.asarray(heat.image), expected)
 
 
 def test_cli_and_errors(run_dir, images, tmp_path):
