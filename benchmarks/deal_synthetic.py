@@ -159,7 +159,7 @@ PREVIOUS = {"explain_prompts": "template", "contrastive": "classes", "disen_redu
 
 def run(out: Path, seeds: list[int], shots: int, epochs: int, n_pretrain: int, n_test: int, lambdas: float,
         align_epochs: int, variant: dict | None = None) -> dict:
-    from conceptclip.backbones.align import AlignConfig, align
+    from conceptclip.engine.align import AlignConfig, align
     from conceptclip.backbones.lite import LiteBackbone
     from conceptclip.data import FeatureCache
     from conceptclip.data.splits import Split

@@ -1,7 +1,7 @@
 """PH2 localisation, faithfulness and sanity of explanation maps, per method and per `lite` alignment.
 
 For each alignment of the `lite` heads (`--patch-weight`: 0 = the global contrastive alignment,
-> 0 = with the localisation-aware patch term, `backbones.align`), aligned once on the train pool's
+> 0 = with the localisation-aware patch term, `engine.align`), aligned once on the train pool's
 image-caption pairs (no masks), and each method (`--methods`) and seed (K-shot split of the
 hold-out pools):
 
@@ -39,7 +39,7 @@ SCORES = ("pointing", "dice", "iou")
 
 
 def aligned_backbone(out: Path, dataset, pools, patch_weight: float, align_epochs: int, cache):
-    from conceptclip.backbones.align import AlignConfig, align
+    from conceptclip.engine.align import AlignConfig, align
     from conceptclip.backbones.lite import LiteBackbone
 
     heads = out / "lite_heads.safetensors"
@@ -75,7 +75,7 @@ def score_part(method, dataset, ids, args, faithful: bool, rng_seed: int) -> dic
     """Per map type, per score: the per-image values on the samples `ids`."""
     from conceptclip.data import load_image
     from conceptclip.explain import center_gaussian_maps, load_masks, random_maps
-    from conceptclip.explain.command import available_explainers
+    from conceptclip.engine.explain import available_explainers
     from conceptclip.explain.method import method_forward
     from conceptclip.explain.sanity import class_maps
     from conceptclip.metrics import deletion_auc, insertion_auc, map_grounding_scores, pointing_game
@@ -119,7 +119,7 @@ def score_part(method, dataset, ids, args, faithful: bool, rng_seed: int) -> dic
 
 def sanity(method, twin_data, dataset, ids, args) -> dict[str, dict[str, float]]:
     from conceptclip.data import load_image
-    from conceptclip.explain.command import available_explainers
+    from conceptclip.engine.explain import available_explainers
     from conceptclip.explain.sanity import randomize_learned, sanity_check
 
     bb = method.backbone

@@ -76,7 +76,7 @@ def run_demo(out: str | Path = "runs/demo", *, shots: int = 16, seeds: Sequence[
 
 def _demo_in(out: Path, dataset, shots: int, seeds: Sequence[int], epochs: int, align_epochs: int, align_on: str,
              log: Callable[[str], None], t0: float) -> dict:
-    from conceptclip.backbones.align import AlignConfig, align
+    from conceptclip.engine.align import AlignConfig, align
     from conceptclip.backbones.lite import LiteBackbone
     from conceptclip.data import FeatureCache, fewshot_split, holdout_split, write_split
     from conceptclip.engine import run_experiment

@@ -42,7 +42,7 @@ def images(run_dir):
 def test_explain_images_writes_overlays_maps_and_scores(run_dir, images, tmp_path):
     from conceptclip.engine.load import load_run
     from conceptclip.explain import explain_method, method_similarity_maps
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
     from conceptclip.io import load_tensors
 
     out = tmp_path / "explained"
@@ -75,7 +75,7 @@ def test_explain_images_writes_overlays_maps_and_scores(run_dir, images, tmp_pat
 def test_explain_runs_the_sanity_checks_and_flags_failed_maps(run_dir, images, tmp_path):
     """Learned-parameter randomisation on every map type; a failed check puts a red banner above
     the overlays (a taller PNG) and its verdict into scores.json."""
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
 
     doc = explain_images(run_dir, images, tmp_path / "checked", explainers=["gradcam", "similarity"])
     assert set(doc["sanity"]) == {"gradcam", "similarity"}
@@ -91,8 +91,8 @@ def test_explain_runs_the_sanity_checks_and_flags_failed_maps(run_dir, images, t
 def test_predicted_class_and_concept_scores(run_dir, images, tmp_path):
     from conceptclip.engine.load import load_run
     from conceptclip.explain import concept_scores
-    from conceptclip.explain.command import explain_images
     from conceptclip.prompts import encode_prompts
+    from conceptclip.report.explain_files import explain_images
 
     concepts = ["a photo of a dark cat.", "a photo of white fish."]
     doc = explain_images(run_dir, images[:2], tmp_path / "o", explainers=["gradcam"], targets="predicted", sanity=False,
@@ -111,11 +111,42 @@ def test_predicted_class_and_concept_scores(run_dir, images, tmp_path):
         assert Image.open(tmp_path / "o" / rec["overlays"]["gradcam"]).size == (2 * 36 + 4, 54)
 
 
+def test_one_pipeline_under_the_command_and_the_cards(run_dir, images):
+    """`engine.explain.RunExplanations` gives both faces their maps: the predicted-class maps (the
+    report cards, `--predicted-only`) are the all-class maps at the predicted class, and every card's
+    heat map is the overlay of the pipeline's map."""
+    from conceptclip.data.images import load_image
+    from conceptclip.engine.explain import RunExplanations
+    from conceptclip.explain.maps import center_crop_geometry
+    from conceptclip.report.explainer import RunExplainer
+    from conceptclip.report.overlay import overlay
+
+    pics = [load_image(p) for p in images]
+    every = RunExplanations(run_dir, sanity=False).explain_batch(pics)
+    pipe = RunExplanations(run_dir, targets="predicted", sanity=False)
+    pred = pipe.explain_batch(pics)
+    assert torch.equal(every.probabilities, pred.probabilities) and torch.equal(every.predicted, pred.predicted)
+    rows = torch.arange(len(pics))
+    assert list(pred.maps) == ["gradcam", "chefer", "similarity"]
+    for name, maps in pred.maps.items():
+        assert maps.shape[1] == 1
+        torch.testing.assert_close(maps[:, 0], every.maps[name][rows, every.predicted], atol=1e-6, rtol=1e-5)
+    for name, scores in pred.target_scores.items():
+        torch.testing.assert_close(scores[:, 0], every.target_scores[name][rows, every.predicted])
+    cards = RunExplainer(run_dir, load_bank=False, sanity=False).explain_batch(pics)
+    for i, card in enumerate(cards):
+        assert card.prediction == pipe.classnames[int(pred.predicted[i])]
+        shown = center_crop_geometry(pics[i], pipe.backbone.image_size)
+        for heat in card.maps:
+            expected = np.asarray(overlay(shown, pred.maps[heat.name][i, 0]))
+            assert np.array_equal(np.asarray(heat.image), expected)
+
+
 def test_cli_and_errors(run_dir, images, tmp_path):
     from typer.testing import CliRunner
 
     from conceptclip.cli.explain import explain_app
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
 
     res = CliRunner().invoke(explain_app, [str(run_dir), str(images[0]), "--out", str(tmp_path / "c"),
                                            "-e", "gradcam", "--predicted-only"])
@@ -154,7 +185,7 @@ def deal_run(run_dir):
 
 def test_deal_explanation_ranks_concepts_and_draws_their_maps(deal_run, images, tmp_path):
     from conceptclip.engine.load import load_run
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
     from conceptclip.io import load_tensors
 
     out = tmp_path / "deal"
@@ -194,7 +225,7 @@ def test_no_method_explanation_without_explain_or_when_asked(run_dir, deal_run, 
     from typer.testing import CliRunner
 
     from conceptclip.cli.explain import explain_app
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
 
     doc = explain_images(run_dir, images[:1], tmp_path / "coop", explainers=["gradcam"])  # CoOp: no `explain`
     assert "method_explanation" not in doc["images"][0]
@@ -207,7 +238,7 @@ def test_no_method_explanation_without_explain_or_when_asked(run_dir, deal_run, 
 
 
 def test_split_method_explanation_keeps_names_and_moves_maps():
-    from conceptclip.explain.command import split_method_explanation
+    from conceptclip.engine.explain import split_method_explanation
 
     doc = {"predicted": torch.tensor([2, 0]), "rationale": ["a", "b"], "concepts": [[("x", 0.5)], [("y", 0.25)]],
            "concept_maps": torch.ones(2, 3, 4, 4), "rationale_map": torch.zeros(2, 4, 4),
@@ -248,7 +279,7 @@ def test_label_shuffled_twin_adds_the_data_randomisation_check(run_dir, images, 
 
     from conceptclip.data import Split, from_folder
     from conceptclip.engine.sanity import TWIN_DIR, label_shuffled, train_label_shuffled_twin
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

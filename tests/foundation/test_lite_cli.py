@@ -43,7 +43,7 @@ def test_lite_frozen_in_train_mode(lite):
 
 
 def test_align_trains_only_the_heads_and_fits_captions(lite, image_folder, tmp_path):
-    from conceptclip.backbones.align import AlignConfig, align
+    from conceptclip.engine.align import AlignConfig, align
     from conceptclip.backbones.lite import LiteBackbone
     from conceptclip.data import FeatureCache, from_folder
 

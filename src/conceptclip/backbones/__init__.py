@@ -2,26 +2,16 @@
 `create_backbone("open_clip:hf-hub:microsoft/BiomedCLIP-...")`, `create_backbone("tiny-clip")`,
 `create_backbone("embeddings:DIR")` (stored embeddings, no towers).
 
-A spec is `KIND` or `KIND:ARG`; each kind maps to a factory registered here. Backends import
-their heavy dependencies lazily, inside the factory.
+A spec is `KIND` or `KIND:ARG`; each kind maps to a factory registered with `register_backbone`
+(kept in `backbones.base`, so the backends never import this package). Backends import their heavy
+dependencies lazily, inside the factory.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
-from conceptclip.backbones.base import Backbone, ImageFeatures, TokenBatch
+from conceptclip.backbones.base import FACTORIES as _FACTORIES
+from conceptclip.backbones.base import Backbone, ImageFeatures, TokenBatch, register_backbone
 from conceptclip.errors import BackboneError
-
-_FACTORIES: dict[str, Callable[[str | None], Backbone]] = {}
-
-
-def register_backbone(kind: str) -> Callable:
-    def deco(fn: Callable[[str | None], Backbone]) -> Callable[[str | None], Backbone]:
-        _FACTORIES[kind] = fn
-        return fn
-
-    return deco
 
 
 def available_backbones() -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -153,3 +153,15 @@ def state_hash(module: nn.Module, extra: str = "") -> str:
         h.update(str(tuple(v.shape)).encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes() if v.dtype != torch.bfloat16 else v.float().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+FACTORIES: dict[str, Callable[[str | None], "Backbone"]] = {}  # kind -> factory(arg); see `backbones.create_backbone`
+
+
+def register_backbone(kind: str) -> Callable:
+    """Register a backbone factory `fn(arg or None) -> Backbone` for specs "KIND" / "KIND:ARG"."""
+    def deco(fn: Callable[[str | None], Backbone]) -> Callable[[str | None], Backbone]:
+        FACTORIES[kind] = fn
+        return fn
+
+    return deco

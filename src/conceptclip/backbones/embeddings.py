@@ -42,8 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from conceptclip.backbones import register_backbone
-from conceptclip.backbones.base import Backbone, ImageFeatures, TokenBatch
+from conceptclip.backbones.base import Backbone, ImageFeatures, TokenBatch, register_backbone
 from conceptclip.errors import BackboneError, MissingTowerError
 
 FORMAT = "conceptclip-embeddings"

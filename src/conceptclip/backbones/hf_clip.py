@@ -35,8 +35,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conceptclip.backbones import register_backbone
-from conceptclip.backbones.base import Backbone, ImageFeatures, TokenBatch, state_hash
+from conceptclip.backbones.base import Backbone, ImageFeatures, TokenBatch, register_backbone, state_hash
 from conceptclip.errors import BackboneError
 
 __all__ = ["HFCLIPBackbone", "tiny_clip", "tiny_tokenizer", "TINY_WORDS"]

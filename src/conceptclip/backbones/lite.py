@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from conceptclip.backbones import register_backbone
-from conceptclip.backbones.base import Backbone, ImageFeatures, TokenBatch, state_hash
+from conceptclip.backbones.base import Backbone, ImageFeatures, TokenBatch, register_backbone, state_hash
 from conceptclip.errors import BackboneError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

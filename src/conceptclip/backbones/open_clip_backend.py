@@ -24,8 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conceptclip.backbones import register_backbone
-from conceptclip.backbones.base import Backbone, ImageFeatures, TokenBatch, state_hash
+from conceptclip.backbones.base import Backbone, ImageFeatures, TokenBatch, register_backbone, state_hash
 from conceptclip.errors import BackboneError
 
 __all__ = ["OpenCLIPBackbone", "open_clip_factory"]

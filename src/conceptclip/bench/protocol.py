@@ -70,7 +70,7 @@ def prepare_backbone(spec: str, dataset, pools, out: Path, cache, align_epochs: 
 
     if spec != "lite":
         return create_backbone(spec, device=device)
-    from conceptclip.backbones.align import AlignConfig, align
+    from conceptclip.engine.align import AlignConfig, align
     from conceptclip.backbones.lite import LiteBackbone
 
     heads = out / "lite_heads.safetensors"

@@ -36,7 +36,7 @@ def align(
     aligned on a labelled part are then trained on those labels, and a `zeroshot` run on them is
     not zero-shot on that data. Use --disjoint-from SPLIT (or another dataset) for heads that never
     saw the evaluated split."""
-    from conceptclip.backbones.align import AlignConfig, align as run_align
+    from conceptclip.engine.align import AlignConfig, align as run_align
     from conceptclip.data import Split
 
     ds = load_dataset_spec(dataset, classes=classes)

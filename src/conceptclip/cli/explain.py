@@ -42,7 +42,7 @@ def explain(
 ) -> None:
     """Explain RUN's predictions on IMAGES. Files an earlier `explain` wrote to --out are replaced
     (those its scores.json lists are removed first); other files there are left alone."""
-    from conceptclip.explain.command import explain_images
+    from conceptclip.report.explain_files import explain_images
 
     prompts = list(concept or ())
     if concepts is not None:

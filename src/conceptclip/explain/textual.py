@@ -38,12 +38,16 @@ class PromptExplanation:
                                    for ctx in self.context_tokens]}
 
 
-def context_vectors(method: Any) -> list[torch.Tensor]:
-    """The learned context vectors of a prompt method: every `ctx` parameter of its prompt
-    learners, as (M, W) or (C, M, W) tensors."""
-    from conceptclip.prompts import ContextPrompt
-
-    return [m.ctx.detach() for m in method.modules() if isinstance(m, ContextPrompt)]
+def context_vectors(method: Any) -> list[list[torch.Tensor]]:
+    """The learned context vectors of a prompt method: per prompt module that has them (the
+    `context_vectors()` hook of `prompts.ContextPrompt` and `prompts.MatchedContextPrompt`), its
+    blocks of (M, W) vectors, one shared block or one per class."""
+    out = []
+    for m in method.modules():
+        hook = getattr(type(m), "context_vectors", None)
+        if callable(hook):
+            out.append(list(m.context_vectors()))
+    return out
 
 
 def decode_tokens(backbone: Any, ids: Sequence[int]) -> list[str]:
@@ -67,10 +71,9 @@ def explain_prompt(method: Any, concept_features: torch.Tensor, concepts: Sequen
     backbone = method.backbone
     table = backbone.token_embedding.weight.detach().float().cpu()
     contexts = []
-    for ctx in context_vectors(method):
-        blocks = ctx.float().cpu().reshape(-1, *ctx.shape[-2:])  # (1 or C, M, W)
+    for blocks in context_vectors(method):  # per prompt module: one shared block or one per class
         for block in blocks:
-            near = nearest_vocab_tokens(block, table, k=k_tokens)
+            near = nearest_vocab_tokens(block.float().cpu(), table, k=k_tokens)
             contexts.append([list(zip(decode_tokens(backbone, ids), [float(d) for d in ds]))
                              for ids, ds in zip(near.token_ids, near.distances)])
     return PromptExplanation(list(method.classnames), list(concepts), dist.distance, dist.ranking, contexts)

@@ -174,6 +174,12 @@ class MatchedContextPrompt(nn.Module):
         """Class c's context vectors (M_c, W)."""
         return self.ctx[self.slices[c]]
 
+    def context_vectors(self) -> list[torch.Tensor]:
+        """The learned context vectors, detached, one (M_c, W) block per class (the context-vector
+        hook of `prompts.ContextPrompt.context_vectors`)."""
+        ctx = self.ctx.detach()
+        return [ctx[s] for s in self.slices]
+
     def embeds(self) -> torch.Tensor:
         """Token embeddings (C, L, W) with every class's context spliced in."""
         base = self.token_embeds.to(self.ctx.dtype)

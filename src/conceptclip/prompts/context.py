@@ -150,6 +150,13 @@ class ContextPrompt(nn.Module):
     def tokens(self) -> TokenBatch:
         return TokenBatch(self.input_ids, self.attention_mask, self.eot_index)
 
+    def context_vectors(self) -> list[torch.Tensor]:
+        """The learned context vectors, detached: one (M, W) block for a shared context, one per class
+        with class-specific context. The hook every prompt module with learned context tokens gives
+        (`explain.textual.context_vectors` reads it for the textual explanation and the report's t-SNE)."""
+        ctx = self.ctx.detach()
+        return list(ctx.unbind(0)) if self.class_specific else [ctx]
+
     def embeds(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with the context spliced in: (..., C, L, W) for ctx of shape (..., [C,] M, W)."""
         ctx = self.ctx if ctx is None else ctx

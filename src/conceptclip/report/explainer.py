@@ -1,8 +1,9 @@
 """Explain one image with a trained run: prediction, concept scores, heat maps and a textual
 explanation — what the report's per-image cards and the browser demo show.
 
-`RunExplainer(run_dir)` loads the run once (`engine.load.load_run`), encodes the concept prompts
-once, then `explain(image)` returns an `ImageExplanation`:
+`RunExplainer(run_dir)` draws from the one explanation pipeline (`engine.explain.RunExplanations`:
+the run loaded once, the concept prompts encoded once); `explain(image)` returns an
+`ImageExplanation`:
 
 * prediction and class probabilities;
 * concept scores: the method's own (`method.concept_scores(batch)` with `method.concept_names`)
@@ -124,43 +125,35 @@ class ImageExplanation:
 
 
 class RunExplainer:
-    """A trained run, ready to explain single images."""
+    """A trained run, ready to explain single images: a drawing layer over the one explanation
+    pipeline (`engine.explain.RunExplanations`, maps of the predicted class, the method's own concept
+    scores first, cosine scores of the bank's concept prompts otherwise)."""
 
     def __init__(self, run_dir: str | Path, *, concepts: ConceptSet | None = None, bank: str | Path | None = None,
                  concept_template: str | None = None, device: str | None = None, alpha: float = 0.5,
                  backbones: dict[str, Any] | None = None, load_bank: bool = True, sanity: bool = True,
                  max_concepts: int | None = None) -> None:
-        from conceptclip.engine.load import load_run
-        from conceptclip.explain.command import available_explainers
-        from conceptclip.prompts import encode_prompts
+        from conceptclip.engine.explain import RunExplanations
+        from conceptclip.engine.load import read_config
 
-        self.run_dir = Path(run_dir)
-        self.method, self.config = load_run(self.run_dir, device, backbones if backbones is not None else {})
-        self.backbone = self.method.backbone
-        self.classnames = list(self.method.classnames)
-        self.alpha = alpha
-        self.explainers = available_explainers(self.method)
         if concepts is None and load_bank:
-            concepts = load_concepts(bank, self.config, concept_template, max_concepts)
+            concepts = load_concepts(bank, read_config(run_dir), concept_template, max_concepts)
         self.concepts = concepts
-        self.concept_features = (encode_prompts(self.backbone, concepts.prompts,
-                                                desc=f"encoding {len(concepts.prompts)} concept prompts")
-                                 if concepts else None)
-        self.prompt_nearest = self._prompt_nearest()
-        self.sanity = None
-        if sanity:  # saliency sanity checks of every map shown (explain.sanity)
-            from conceptclip.explain.command import load_data_twin
-            from conceptclip.explain.sanity import MapSanity
-
-            self.sanity = MapSanity(self.method, load_data_twin(self.run_dir, device))
-
-    def _prompt_nearest(self) -> dict[str, list[tuple[str, float]]]:
-        """Per class, the concepts nearest to the learned class prompt (prompt methods only)."""
-        if self.concepts is None or "similarity" not in self.explainers:
-            return {}
-        from conceptclip.explain.textual import explain_prompt
-
-        return explain_prompt(self.method, self.concept_features, self.concepts.names).nearest_concepts(3)
+        self.pipeline = RunExplanations(run_dir, device=device, backbones=backbones if backbones is not None else {},
+                                        targets="predicted", concept_prompts=concepts.prompts if concepts else (),
+                                        concept_names=concepts.names if concepts else None,
+                                        own_concept_scores=True, sanity=sanity, progress=True)
+        self.run_dir = self.pipeline.run_dir
+        self.method, self.config = self.pipeline.method, self.pipeline.config
+        self.backbone = self.pipeline.backbone
+        self.classnames = self.pipeline.classnames
+        self.alpha = alpha
+        self.explainers = self.pipeline.explainers
+        self.concept_features = self.pipeline.concept_features
+        self.sanity = self.pipeline.checker
+        prompt = self.pipeline.prompt_explanation()
+        # per class, the concepts nearest to the learned class prompt (prompt methods only)
+        self.prompt_nearest: dict[str, list[tuple[str, float]]] = prompt.nearest_concepts(3) if prompt else {}
 
     @property
     def method_name(self) -> str:
@@ -172,94 +165,37 @@ class RunExplainer:
 
     def explain_batch(self, images: Sequence[Image.Image]) -> list[ImageExplanation]:
         from conceptclip.explain.maps import center_crop_geometry
-        from conceptclip.explain.method import gradcam_for, method_forward, method_text_features, relevance_for
-        from conceptclip.explain.similarity import similarity_maps
-        from conceptclip.explain.targets import ClassTarget
         from conceptclip.report.overlay import overlay
 
         if not images:
             return []
-        method, backbone = self.method, self.backbone
-        pixels = backbone.preprocess([im.convert("RGB") for im in images]).to(backbone.device)
-        with torch.no_grad():
-            out = method_forward(method, patches=True)(pixels)
-            probs = method.probabilities(out.logits).float().cpu()
-            feats = out.features if out.features is not None else backbone.encode_image(pixels, patches=True)
-        pred = probs.argmax(1)
-        target = [ClassTarget(pred.to(backbone.device))]
-        maps: dict[str, torch.Tensor] = {}
+        batch = self.pipeline.explain_batch(images)
         titles = {"gradcam": "Grad-CAM", "chefer": "Chefer relevance", "similarity": "image–prompt similarity"}
-        forward = method_forward(method)
-        if "gradcam" in self.explainers:
-            maps["gradcam"] = gradcam_for(backbone, forward).compute(pixels, target).maps[:, 0].detach().cpu()
-        if "chefer" in self.explainers:
-            maps["chefer"] = relevance_for(backbone, forward).compute(pixels, target).maps[:, 0].detach().cpu()
-        if "similarity" in self.explainers and feats.patches is not None:
-            with torch.no_grad():
-                sim = similarity_maps(feats, method_text_features(method).to(feats.patches)).cpu()
-            maps["similarity"] = sim[torch.arange(len(images)), pred]
-
-        checks = self.sanity.check(pixels, list(maps), pred.to(backbone.device)) if self.sanity else {}
-        c_scores, kind, names = self._concept_scores(feats, pixels)
-        concept_maps = None
-        if c_scores is not None and kind == "cosine" and feats.patches is not None:
-            with torch.no_grad():
-                concept_maps = similarity_maps(feats, self.concept_features.to(feats.patches)).cpu()
-        rationales = self._method_rationale(pixels, feats, len(images))
-
+        names, c_scores = batch.concept_names, batch.concept_scores
         results = []
         for i, image in enumerate(images):
-            shown = center_crop_geometry(image.convert("RGB"), backbone.image_size)
-            p = probs[i]
-            c = self.classnames[int(pred[i])]
-            heat = [HeatMap(name, f"{titles[name]} · {c}", overlay(shown, m[i], self.alpha),
-                            [x.to_dict() for x in checks.get(name, [])]) for name, m in maps.items()]
+            shown = center_crop_geometry(image.convert("RGB"), self.backbone.image_size)
+            p = batch.probabilities[i]
+            c = self.classnames[int(batch.predicted[i])]
+            heat = [HeatMap(name, f"{titles[name]} · {c}", overlay(shown, m[i, 0], self.alpha),
+                            [x.to_dict() for x in batch.sanity.get(name, [])]) for name, m in batch.maps.items()]
             ranked: list[tuple[str, float]] = []
             if c_scores is not None:
                 order = torch.argsort(c_scores[i], descending=True)
                 ranked = [(names[int(j)], float(c_scores[i, j])) for j in order]
-                if concept_maps is not None:
+                if batch.concept_maps is not None:
                     top = int(order[0])
                     heat.append(HeatMap("concept", f"concept similarity · {names[top]}",
-                                        overlay(shown, concept_maps[i, top], self.alpha), [CONCEPT_MAP_NOTE]))
+                                        overlay(shown, batch.concept_maps[i, top], self.alpha), [CONCEPT_MAP_NOTE]))
             probs_d = {n: float(v) for n, v in zip(self.classnames, p)}
-            text = self._rationale(c, probs_d, ranked, rationales[i] if rationales else None)
-            results.append(ImageExplanation(c, probs_d, ranked, kind if ranked else "", heat, text, shown))
+            text = self._rationale(c, probs_d, ranked, batch.rationales[i] if batch.rationales else None)
+            results.append(ImageExplanation(c, probs_d, ranked, batch.concept_kind if ranked else "", heat, text, shown))
         return results
 
     def concept_scores(self, feats, pixels) -> tuple[torch.Tensor | None, str, list[str]]:
         """(scores (B, K) or None, kind "method" | "cosine" | "", concept names) of a batch: the
         method's own concept scores where it has them, else cosines with the bank's concept prompts."""
-        return self._concept_scores(feats, pixels)
-
-    def _concept_scores(self, feats, pixels) -> tuple[torch.Tensor | None, str, list[str]]:
-        from conceptclip.explain.similarity import concept_scores
-
-        own, own_names = getattr(self.method, "concept_scores", None), getattr(self.method, "concept_names", None)
-        if callable(own) and own_names:
-            batch = {"features": feats.global_, "pixels": pixels}
-            if feats.patches is not None:
-                batch["patches"] = feats.patches
-            with torch.no_grad():
-                scores = own(batch)
-            if isinstance(scores, torch.Tensor) and scores.dim() == 2 and scores.shape[1] == len(own_names):
-                return scores.float().cpu(), "method", list(own_names)
-        if self.concept_features is None:
-            return None, "", []
-        with torch.no_grad():
-            scores = concept_scores(feats.global_, self.concept_features.to(feats.global_))
-        return scores.float().cpu(), "cosine", list(self.concepts.names)
-
-    def _method_rationale(self, pixels, feats, n: int) -> list[str] | None:
-        from conceptclip.explain.command import method_explain
-
-        doc = method_explain(self.method, pixels, feats)
-        rationale = doc.get("rationale") if isinstance(doc, dict) else None
-        if isinstance(rationale, str):
-            rationale = [rationale] * n
-        if isinstance(rationale, (list, tuple)) and len(rationale) == n:
-            return [str(r) for r in rationale]
-        return None
+        return self.pipeline.concept_scores(feats, pixels)
 
     def _rationale(self, predicted: str, probs: dict[str, float], ranked: list[tuple[str, float]],
                    own: str | None) -> list[str]:

@@ -3,7 +3,8 @@ the text tower's token-embedding space (XCoOp's prompt-token figure).
 
 Points: each learned context vector (one per position M; class-specific contexts give one set
 per class), the mean token embedding of each concept phrase, and of each class name. A method
-provides its coordinates through its `ContextPrompt` modules (`explain.textual.context_vectors`);
+provides its coordinates through its prompt modules' `context_vectors()` hook (`prompts.ContextPrompt`,
+and `prompts.MatchedContextPrompt` of XCoOp's matched soft prompt; `explain.textual.context_vectors`);
 methods without learned context tokens get no plot.
 """
 
@@ -53,9 +54,9 @@ def prompt_token_points(method: Any, concepts: Sequence[str], *, seed: int = 0) 
         return None
     vecs, kinds, labels = [], [], []
     classnames = list(method.classnames)
-    for ctx in contexts:
-        blocks = ctx.float().cpu().reshape(-1, *ctx.shape[-2:])
+    for blocks in contexts:  # per prompt module: one shared block or one per class
         for b, block in enumerate(blocks):
+            block = block.float().cpu()
             prefix = f"{classnames[b]}:" if len(blocks) > 1 and b < len(classnames) else ""
             for m, v in enumerate(block):
                 vecs.append(v)
