@@ -35,13 +35,9 @@ def _run(fn: Callable[[], T]) -> T:
 
 
 def _load(ref: str):
-    from conceptclip.knowledge.loaders import load_shared_bank
-    from conceptclip.knowledge.schema import load_bank
+    from conceptclip.knowledge.resolve import load_bank_any
 
-    path = Path(ref)
-    if path.suffix == ".json" or path.exists():
-        return load_bank(path)
-    return load_shared_bank(ref)
+    return load_bank_any(ref)
 
 
 def _slug(name: str) -> str:

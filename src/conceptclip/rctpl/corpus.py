@@ -27,10 +27,12 @@ import torch
 
 from conceptclip.errors import ConfigError, DataError
 from conceptclip.knowledge.triplets import Triplet, extract_triplets, location_phrase, split_sentences
+from conceptclip.knowledge.resolve import name_key
 
 LEADS = {"positive": "There is", "negative": "There is no", "uncertain": "There may be"}
 UNCERTAIN_POLICIES = ("ignore", "positive", "negative")
 NO_FINDING = ("no finding", "normal", "no findings")
+NO_FINDING_KEYS = frozenset(name_key(n) for n in NO_FINDING)  # as `_key` writes them
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,8 @@ def select_classes(items: Sequence[ReportItem], min_reports: int = 30, classes: 
 
 
 def _key(name: str) -> str:
-    return " ".join(name.replace("_", " ").lower().split())
+    """RC-TPL's class names are matched like every method's (`knowledge.resolve.name_key`)."""
+    return name_key(name)
 
 
 def label_matrix(items: Sequence[ReportItem], classes: Sequence[str],
@@ -199,7 +202,7 @@ def label_matrix(items: Sequence[ReportItem], classes: Sequence[str],
         if uncertain == "positive":
             pos |= unc
         for j, k in enumerate(keys):
-            if k in NO_FINDING:
+            if k in NO_FINDING_KEYS:
                 labels[i, j] = float(not pos)
                 mask[i, j] = not (uncertain == "ignore" and unc and not pos)
             elif k in pos:

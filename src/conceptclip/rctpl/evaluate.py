@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from conceptclip.errors import ConfigError
-from conceptclip.rctpl.corpus import NO_FINDING, ReportItem, _key
+from conceptclip.rctpl.corpus import NO_FINDING_KEYS, ReportItem, _key
 
 
 def load_rctpl(run: str | Path, classnames: Sequence[str] | None = None, *, multilabel: bool = True,
@@ -74,7 +74,7 @@ def report_labels(items: Sequence[ReportItem], classnames: Sequence[str]) -> tor
     for i, it in enumerate(items):
         pos = {_key(c) for c in it.positive}
         for j, k in enumerate(keys):
-            out[i, j] = float(not pos) if k in NO_FINDING else float(k in pos)
+            out[i, j] = float(not pos) if k in NO_FINDING_KEYS else float(k in pos)
     return out
 
 

@@ -294,8 +294,9 @@ class _Datasets:
 
     def get(self, config: dict[str, Any]) -> tuple[Any, str]:
         from conceptclip.data import load_dataset
+        from conceptclip.data.registry import dataset_entry
 
-        spec = self.spec or ("ph2" if config.get("dataset") == "ph2" else None)
+        spec = self.spec or (config.get("dataset") if dataset_entry(config.get("dataset")) else None)
         if spec is None:
             return None, (f"No per-image cards: the run's dataset {config.get('dataset')!r} is not built in; "
                           "pass --dataset (the folder, CSV or JSON manifest it was trained on).")

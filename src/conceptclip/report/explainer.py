@@ -50,20 +50,21 @@ def concept_template(class_template: str) -> str:
 
 def load_concepts(bank: str | Path | None, config: dict[str, Any], template: str | None = None,
                   max_concepts: int | None = None) -> ConceptSet | None:
-    """Concepts of a bank JSON file or shared-bank name; with no bank, the shared bank named like
-    the run's dataset (e.g. "ph2") when it loads, else None. More than `max_concepts` distinct
-    concepts (None: no cap) is a ConfigError saying how to raise the cap."""
-    from conceptclip.knowledge.loaders import load_shared_bank
-    from conceptclip.knowledge.schema import load_bank
+    """Concepts of a bank JSON file or shared-bank name; with no bank, the concept bank the dataset
+    registry names for the run's dataset (e.g. "ph2") when it loads, else None. More than
+    `max_concepts` distinct concepts (None: no cap) is a ConfigError saying how to raise the cap."""
+    from conceptclip.knowledge.resolve import default_bank, load_bank_any
 
     if bank is None:
+        spec = default_bank("concepts", dataset=str(config.get("dataset", "")))
         try:
-            loaded = load_shared_bank(str(config.get("dataset", "")))
+            loaded = load_bank_any(spec) if spec else None
         except (KnowledgeError, OSError):
+            loaded = None
+        if loaded is None:
             return None
     else:
-        path = Path(bank)
-        loaded = load_bank(path) if (path.suffix == ".json" or path.exists()) else load_shared_bank(str(bank))
+        loaded = load_bank_any(str(bank))
     by_class = {c: [x.phrase for x in e.concepts if x.polarity == "positive"] for c, e in loaded.classes.items()}
     names = list(dict.fromkeys(p for ps in by_class.values() for p in ps))
     if not names:
