@@ -18,9 +18,10 @@ import pytest
 import conceptclip.methods as registry
 from conceptclip.errors import ConfigError
 from conceptclip.methods import ENTRY_POINT_GROUP, available_methods, create_method, get_method_class
+from doc_blocks import blocks
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-DOCS = SRC.parent / "docs"
+
 PLUGIN = textwrap.dedent('''
     """A method package outside conceptclip."""
     from dataclasses import dataclass, field
@@ -116,31 +117,15 @@ def test_plugin_is_described_by_the_command_line(installed_plugin, run_cli):
     assert code == 0 and json.loads(out)["description"] == "Centroid with twice the logits."
 
 
-def _doc_blocks(lang: str) -> list[str]:
-    """The fenced blocks of docs/add-a-method.md with info string `lang`."""
-    out, current, info = [], None, ""
-    for line in (DOCS / "add-a-method.md").read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            if current is None:
-                current, info = [], line[3:].strip()
-            else:
-                if info == lang:
-                    out.append("\n".join(current) + "\n")
-                current = None
-        elif current is not None:
-            current.append(line)
-    return out
-
-
 def test_the_documented_external_package_works(tmp_path, monkeypatch, fresh_registry, run_cli, image_folder):
     """docs/add-a-method.md's pyproject table and module, installed as pip installs them, then trained."""
-    project = tomllib.loads(_doc_blocks("toml")[0])["project"]
+    project = tomllib.loads(blocks("add-a-method.md", "toml")[0])["project"]
     table = project["entry-points"][ENTRY_POINT_GROUP]
     assert table == {"my_bottleneck": "my_methods.bottleneck:Bottleneck"}
     site = tmp_path / "site"
     (site / "my_methods").mkdir(parents=True)
     (site / "my_methods" / "__init__.py").write_text("")
-    (site / "my_methods" / "bottleneck.py").write_text(_doc_blocks("python")[0])
+    (site / "my_methods" / "bottleneck.py").write_text(blocks("add-a-method.md", "python")[0])
     dist = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(

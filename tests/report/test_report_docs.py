@@ -12,25 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-
-def blocks(doc: str, lang: str) -> list[str]:
-    """The fenced code blocks of `doc` whose info string is `lang` ("" for unlabelled fences)."""
-    out, current, info = [], None, ""
-    for line in (DOCS / doc).read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            if current is None:
-                current, info = [], line[3:].strip()
-            else:
-                if info == lang:
-                    out.append("\n".join(current) + "\n")
-                current = None
-        elif current is not None:
-            current.append(line)
-    return out
-
+from doc_blocks import blocks
 
 @pytest.fixture
 def shapes(tmp_path, monkeypatch):
