@@ -73,3 +73,14 @@ def test_rctpl_uses_the_same_helpers(run_cli, tmp_path):
     code, out, err = run_cli(*args, "--device", "gpu")
     assert (code, err) == (2, "error: --device 'gpu': expected cpu, cuda or cuda:N\n")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", [["explain", "RUN", "IMG", "-o", "OUT"], ["predict", "RUN", "IMG", "-o", "OUT.csv"],
+                                     ["report", "RUN", "-o", "OUT.html"], ["serve", "--run", "RUN"]])
+def test_commands_on_a_finished_run_check_device_before_loading(command, run_cli, tmp_path):
+    """A bad --device is one line naming it (it was a RuntimeError from deep inside torch), checked before
+    the run (here: a folder that does not even exist) is read."""
+    args = [str(tmp_path / a) if a.isupper() else a for a in command]
+    code, _, err = run_cli(*args, "--device", "gpu")
+    assert code == 2
+    assert err.strip() == "error: --device 'gpu': expected cpu, cuda or cuda:N"

@@ -9,9 +9,9 @@ from typing import Any, List, Optional
 import typer
 
 from conceptclip.cli.app import app, console
-from conceptclip.cli.options import (CLASSES_HELP, DATASET_HELP, DeviceOption, OverwriteOption, ResumeOption,
-                                     SetOption, TrainOption, load_dataset_spec, make_split, parse_options, pick_device,
-                                     train_options)
+from conceptclip.cli.options import (CLASSES_HELP, DATASET_HELP, RUN_DEVICE_HELP, DeviceOption, OverwriteOption,
+                                     ResumeOption, SetOption, TrainOption, given_device, load_dataset_spec, make_split,
+                                     parse_options, pick_device, train_options)
 from conceptclip.errors import ConfigError
 from conceptclip.threads import THREADS_HELP, set_threads
 
@@ -162,14 +162,14 @@ def predict_command(
                                  "named like the run's dataset, if any"),
     concept_template: Optional[str] = typer.Option(None, help="prompt of a concept, e.g. 'an image showing {}'"),
     batch_size: int = typer.Option(16, help="images per forward pass"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda"),
+    device: Optional[str] = DeviceOption(RUN_DEVICE_HELP),
 ) -> None:
     """Predict unlabelled images with a trained run: one CSV row per image with the predicted class, the class
     probabilities (p_<class>) and the concept scores (c_<concept>)."""
     from conceptclip.predict import predict_images
 
     summary = predict_images(run, images, out, bank=concepts, concept_template=concept_template,
-                             batch_size=batch_size, device=device)
+                             batch_size=batch_size, device=given_device(device))
     typer.echo(json.dumps(summary))
 
 

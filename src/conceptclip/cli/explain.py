@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from conceptclip.cli.options import RUN_DEVICE_HELP, DeviceOption, given_device
 from conceptclip.errors import ConfigError
 
 explain_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -38,7 +39,7 @@ def explain(
                                 help="run the saliency sanity checks (learned-parameter randomisation; data "
                                      "randomisation where `conceptclip sanity RUN` trained the twin) and flag "
                                      "map types that fail"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda"),
+    device: Optional[str] = DeviceOption(RUN_DEVICE_HELP),
 ) -> None:
     """Explain RUN's predictions on IMAGES. Files an earlier `explain` wrote to --out are replaced
     (those its scores.json lists are removed first); other files there are left alone."""
@@ -55,7 +56,7 @@ def explain(
         raise ConfigError("explain: --concept-template applies to the concepts of --concepts BANK")
     doc = explain_images(run, images, out, explainers=explainer or None,
                          targets="predicted" if predicted_only else "all", concepts=prompts,
-                         reference=reference, alpha=alpha, device=device,
+                         reference=reference, alpha=alpha, device=given_device(device),
                          method_explanation=method_explanation, sanity=sanity)
     typer.echo(json.dumps({"out": str(out), "images": len(doc["images"]), "explainers": doc["explainers"],
                            "predictions": {r["image"]: r["prediction"] for r in doc["images"]},

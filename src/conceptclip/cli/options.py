@@ -83,6 +83,12 @@ def split_names(values: Optional[Sequence[str]]) -> list[str] | None:
 # -- devices -------------------------------------------------------------------------------------
 
 
+def given_device(device: Optional[str]) -> Optional[str]:
+    """--device of the commands that load a finished run (explain, predict, report, serve): None stays
+    None (the run loads on the CPU); anything else is checked as `pick_device` checks it."""
+    return None if device is None else pick_device(device)
+
+
 def pick_device(device: Optional[str]) -> str:
     """--device: None/'auto' -> cuda when available, else cpu; otherwise cpu, cuda or cuda:N."""
     import torch
@@ -155,6 +161,7 @@ def require(command: str, modules: Sequence[str], extra: str | None) -> None:
 # Called like typer.Option (a fresh OptionInfo per command); the help text may differ per command.
 
 DEVICE_HELP = "cpu | cuda (default: cuda when available)"
+RUN_DEVICE_HELP = "cpu | cuda | cuda:N (default: cpu)"
 
 
 def DeviceOption(help: str = DEVICE_HELP) -> Any:

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from conceptclip.cli.options import require
+from conceptclip.cli.options import DeviceOption, given_device, require
 
 report_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                          help="One self-contained HTML page over results folders.")
@@ -29,7 +29,7 @@ def report(
     images: int = typer.Option(4, help="per-image cards per group (0: none)"),
     tsne: bool = typer.Option(True, help="t-SNE of learned prompt vs concept tokens (prompt methods); with --images 0 --no-tsne no model is loaded"),
     title: Optional[str] = typer.Option(None, help="page title"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda for the cards' explanations"),
+    device: Optional[str] = DeviceOption("cpu | cuda | cuda:N for the cards' explanations (default: cpu)"),
 ) -> None:
     """Write one HTML page (metrics mean ± std over seeds, few-shot and base-to-novel tables,
     confusion and calibration plots, per-image explanation cards, run configs and split hashes)."""
@@ -37,5 +37,5 @@ def report(
     from conceptclip.report.build import build_report
 
     summary = build_report(runs, out, dataset=dataset, bank=concepts, concept_template=concept_template, images=images, tsne=tsne,
-                           device=device, title=title, log=lambda s: console.print(s, markup=False, highlight=False))
+                           device=given_device(device), title=title, log=lambda s: console.print(s, markup=False, highlight=False))
     typer.echo(json.dumps(summary))

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from conceptclip.cli.options import require
+from conceptclip.cli.options import RUN_DEVICE_HELP, DeviceOption, given_device, require
 
 # the web extra (pyproject.toml): python-multipart is imported as `python_multipart` (>= 0.0.13) or `multipart`
 WEB_MODULES = ("fastapi", "uvicorn", "python_multipart|multipart")
@@ -41,7 +41,7 @@ def serve(
     queue: int = typer.Option(4, help="requests that may wait while one image is explained; more get 503"),
     max_concepts: int = typer.Option(5000, help="largest concept bank served (each concept is encoded at start-up, "
                                                 "about a minute per 5,000 on CPU); a larger bank is refused"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda"),
+    device: Optional[str] = DeviceOption(RUN_DEVICE_HELP),
 ) -> None:
     """Serve a page at http://HOST:PORT/: upload an image, see the prediction, concept scores,
     heat maps and the textual explanation."""
@@ -56,7 +56,7 @@ def serve(
     if max_mb <= 0:
         raise ConfigError(f"--max-mb {max_mb}: expected a positive size")
     limits = ServeConfig(max_bytes=int(max_mb * MB), max_queue=queue, max_concepts=max_concepts)
-    app = create_app(run, bank=concepts, concept_template=concept_template, device=device, config=limits)
+    app = create_app(run, bank=concepts, concept_template=concept_template, device=given_device(device), config=limits)
     if not is_loopback(host):
         console.print(f"[yellow]warning:[/yellow] serving on {host}: other machines can reach the demo and upload "
                       "images; it has no authentication")

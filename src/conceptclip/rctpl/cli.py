@@ -83,7 +83,7 @@ def evaluate(
     dataset: str = typer.Option(..., help="labelled images: a class-folder directory, a .csv or .json manifest"),
     option: Optional[List[str]] = typer.Option(None, "--set", help="inference option KEY=VALUE (alpha, tau_c, local)"),
     out: Optional[Path] = typer.Option(None, help="write the metrics JSON here"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda"),
+    device: Optional[str] = DeviceOption(),
 ) -> None:
     """Zero-shot classification of a labelled image manifest with the learned prompts."""
     from conceptclip.rctpl.evaluate import load_rctpl, zero_shot_eval
@@ -102,7 +102,7 @@ def ground(
     threshold: float = typer.Option(0.5, help="binarisation threshold of the min-max normalised maps"),
     tolerance: float = typer.Option(0.0, help="pointing-game tolerance in pixels of the model input"),
     out: Optional[Path] = typer.Option(None, help="write the metrics JSON here"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda"),
+    device: Optional[str] = DeviceOption(),
 ) -> None:
     """Grounding maps of each image's finding scored against its boxes or mask."""
     from conceptclip.rctpl.evaluate import load_rctpl
@@ -125,7 +125,7 @@ def retrieve(
     k: List[int] = typer.Option([1, 5, 10], "--k", help="cut-offs K (repeat the option)"),
     limit: Optional[int] = typer.Option(None, help="read only the first N reports"),
     out: Optional[Path] = typer.Option(None, help="write the metrics JSON here"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda"),
+    device: Optional[str] = DeviceOption(),
 ) -> None:
     """Report retrieval precision@K by the learned prompts' class-score profiles."""
     from conceptclip.rctpl.corpus import InjectionConfig, build_corpus
