@@ -94,3 +94,22 @@ def test_list_and_show_shared(shared, monkeypatch):
     assert code == 0 and "biomedcoop/BUSI" in out and "ph2" in out.split()
     code, out = run("show", "ph2")
     assert code == 0 and "melanoma" in out and "atypical pigment network" in out
+
+
+def test_exported_xcoop_prompts_are_the_ones_xcoop_trains_with(bank_file, tmp_path, tiny_clip):
+    """`concepts export --format prompts --template xcoop` builds the clinical prompts the way XCoOp does
+    (its paper's form by default; the modality form only when asked)."""
+    from conceptclip.methods import create_method
+
+    code, out = run("export", bank_file, "--out", tmp_path / "x.json", "--format", "prompts", "--template", "xcoop",
+                    "--top-k", "1")  # tiny-clip reads 32 tokens
+    assert code == 0, out
+    exported = json.loads((tmp_path / "x.json").read_text())
+    method = create_method("xcoop", tiny_clip, ["melanoma", "nevus"], {"bank": str(bank_file), "top_k": 1})
+    assert exported == method.knowledge.clinical_prompts
+    assert exported["nevus"] == "a photo of nevus, with typical pigment network."
+    run("export", bank_file, "--out", tmp_path / "m.json", "--format", "prompts", "--template", "xcoop",
+        "--modality", "dermoscopy", "--top-k", "1")
+    v1 = create_method("xcoop", tiny_clip, ["melanoma", "nevus"],
+                       {"bank": str(bank_file), "clinical_template": "modality", "modality": "dermoscopy", "top_k": 1})
+    assert json.loads((tmp_path / "m.json").read_text()) == v1.knowledge.clinical_prompts

@@ -27,12 +27,19 @@ def skin_bank() -> ConceptBank:
     })
 
 
-def test_xcoop_clinical_concept_prompt():
+def test_xcoop_clinical_concept_prompt_is_the_papers_by_default():
+    """XCoOp Sec. 2.1: "a photo of melanoma, with irregular pigment network, ..., and vascular structures." """
     prompts = clinical_concept_prompts(skin_bank())
+    assert prompts["melanoma"] == "a photo of melanoma, with atypical pigment network, blue-whitish veil, and irregular streaks."
+    assert prompts["common_nevus"] == "a photo of common nevus, with typical pigment network."
+
+
+def test_xcoop_clinical_concept_prompt_with_a_modality_is_our_earlier_form():
+    prompts = clinical_concept_prompts(skin_bank(), modality="dermoscopy")
     assert prompts["melanoma"] == ("a dermoscopy image of melanoma, which has atypical pigment network, "
                                    "blue-whitish veil, irregular streaks.")  # the negative entry is left out
     assert prompts["common_nevus"] == "a dermoscopy image of common nevus, which has typical pigment network."
-    assert clinical_concept_prompts(skin_bank(), min_frequency=0.5)["melanoma"].endswith("blue-whitish veil.")
+    assert clinical_concept_prompts(skin_bank(), "dermoscopy", min_frequency=0.5)["melanoma"].endswith("blue-whitish veil.")
     assert clinical_concept_prompts(skin_bank(), modality="clinical", top_k=1)["melanoma"] == \
         "a clinical image of melanoma, which has atypical pigment network."
 

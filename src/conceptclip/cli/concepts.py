@@ -82,7 +82,9 @@ def export(bank: str = typer.Argument(..., help="bank JSON file or shared-bank n
            out: Path = typer.Option(..., "--out", "-o", help="output file"),
            fmt: str = typer.Option("bank", "--format", help="bank | lists | prompts | csv"),
            template: str = typer.Option("xcoop", help="for --format prompts: xcoop | deal | ecor | ensemble"),
-           modality: str = typer.Option("dermoscopy", help="image modality named in XCoOp prompts"),
+           modality: Optional[str] = typer.Option(
+               None, help="xcoop prompts: without it the paper's 'a photo of CLASS, with C1, ..., and Cn.' (what "
+                          "`train -m xcoop` uses); with it our earlier 'a MODALITY image of CLASS, which has ...'"),
            top_k: Optional[int] = typer.Option(None, help="at most this many concepts per class in a prompt")) -> None:
     """Write a bank as schema JSON, {class: [phrase]} lists, built prompts, or CSV."""
     from conceptclip.knowledge import prompts as P

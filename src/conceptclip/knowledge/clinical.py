@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from conceptclip.errors import ConfigError
-from conceptclip.knowledge.templates import PromptTemplate
-
 # the clinical prompt of the paper's Sec. 2.1 example, and our earlier one (clinical_template="modality")
-PAPER_TEMPLATE = PromptTemplate("xcoop_paper", "a photo of {classname}, with {concepts}.", last_joiner=", and ",
-                                reference="XCoOp Sec. 2.1 example clinical prompt")
-MODALITY_TEMPLATE = PromptTemplate("xcoop", "a {modality} image of {classname}, which has {concepts}.")
+from conceptclip.knowledge.templates import XCOOP as MODALITY_TEMPLATE
+from conceptclip.knowledge.templates import XCOOP_PAPER as PAPER_TEMPLATE
+
 # Knowledge intervention "irrelevant": everyday-object phrases in place of the clinical concepts.
 IRRELEVANT_CONCEPTS = (
     "four wheels", "a steering wheel", "a wooden handle", "green leaves", "a brick wall", "a cloudy sky",

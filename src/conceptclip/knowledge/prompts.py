@@ -6,7 +6,7 @@ from __future__ import annotations
 from conceptclip.errors import KnowledgeError
 from conceptclip.knowledge.schema import Concept, ConceptBank
 from conceptclip.knowledge.templates import (
-    DEAL, DESCRIPTOR, ECOR_CATEGORY, ECOR_RATIONALE, XCOOP, PromptTemplate,
+    DEAL, DESCRIPTOR, ECOR_CATEGORY, ECOR_RATIONALE, XCOOP, XCOOP_PAPER, PromptTemplate,
 )
 
 
@@ -34,17 +34,21 @@ def select_concepts(
 
 
 def clinical_concept_prompts(
-    bank: ConceptBank, modality: str = "dermoscopy", template: PromptTemplate = XCOOP,
+    bank: ConceptBank, modality: str | None = None, template: PromptTemplate | None = None,
     top_k: int | None = None, min_frequency: float | None = None,
 ) -> dict[str, str]:
-    """XCoOp: one concept prompt per class, e.g. "a dermoscopy image of melanoma, which has
-    atypical pigment network, dark-brown colour, asymmetry, ..." (concepts in bank order)."""
+    """XCoOp: one clinical prompt per class (concepts in bank order), as XCoOp builds it: by default the
+    paper's Sec. 2.1 form, "a photo of melanoma, with atypical pigment network, ..., and blue-whitish
+    veil."; with `modality`, our earlier form "a dermoscopy image of melanoma, which has ...";
+    `template` overrides both."""
+    if template is None:
+        template = XCOOP if modality else XCOOP_PAPER
     out = {}
     for cname in bank.classes:
         phrases = [c.phrase for c in select_concepts(bank, cname, top_k, min_frequency)]
         if not phrases:
             raise KnowledgeError(f"bank {bank.name!r}: class {cname!r} has no concepts left for its prompt")
-        out[cname] = template.fill(modality=modality, classname=display_name(cname), concepts=phrases)
+        out[cname] = template.fill(modality=modality or "", classname=display_name(cname), concepts=phrases)
     return out
 
 

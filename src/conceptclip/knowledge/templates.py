@@ -44,9 +44,13 @@ class PromptTemplate:
         return self.text.format(**filled)
 
 
+XCOOP_PAPER = PromptTemplate(
+    "xcoop_paper", "a photo of {classname}, with {concepts}.", last_joiner=", and ",
+    reference="XCoOp Sec. 2.1 example clinical prompt",
+)
 XCOOP = PromptTemplate(
     "xcoop", "a {modality} image of {classname}, which has {concepts}.",
-    reference="XCoOp clinical concept prompt (class + its clinical concepts)",
+    reference="XCoOp clinical prompt, our earlier reading with the modality (clinical_template='modality')",
 )
 ECOR_RATIONALE = PromptTemplate(
     "ecor_rationale", "There are {rationales} in the photo.", joiner=" and ",
@@ -68,7 +72,7 @@ REPORT_LOCATION = PromptTemplate(
 )
 
 BUILTIN_TEMPLATES: dict[str, PromptTemplate] = {
-    t.name: t for t in (XCOOP, ECOR_RATIONALE, ECOR_CATEGORY, DEAL, CLASS_ONLY, DESCRIPTOR, REPORT_LOCATION)
+    t.name: t for t in (XCOOP_PAPER, XCOOP, ECOR_RATIONALE, ECOR_CATEGORY, DEAL, CLASS_ONLY, DESCRIPTOR, REPORT_LOCATION)
 }
 
 
