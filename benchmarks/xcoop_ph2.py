@@ -79,11 +79,12 @@ def train_pool_bank(dataset, ids: list[str], path: Path):
 
 def load_method(run: Path, backbone):
     from conceptclip.engine.checkpoint import load_method_weights
+    from conceptclip.engine.files import resolve_files
     from conceptclip.methods import create_method
 
     cfg = json.loads((run / "config.json").read_text())
-    m = create_method(cfg["method"]["method"], backbone, cfg["classnames"], cfg["method"]["config"],
-                      template=cfg["template"])
+    config = resolve_files(run, cfg, cfg["method"]["config"])  # the bank file the run copied into files/
+    m = create_method(cfg["method"]["method"], backbone, cfg["classnames"], config, template=cfg["template"])
     m.load_learned_state(load_method_weights(run / "model.safetensors"))
     return m.eval()
 
