@@ -4,7 +4,9 @@
 
 Prints the package edges that point up, package cycles, module cycles and the longest method file.
 Every `conceptclip` import counts, also those inside functions (a lazy import is still a
-dependency); imports under `if TYPE_CHECKING:` do not. The test `tests/foundation/test_layers.py`
+dependency); imports under `if TYPE_CHECKING:` do not, nor do the registries' loading by name
+(`importlib.import_module` of the method modules, `conceptclip.rctpl.method` and entry-point plugins
+in `methods/__init__.py`): a registered module imports the registry, not the other way round. The test `tests/foundation/test_layers.py`
 keeps the counts at zero.
 """
 from __future__ import annotations
