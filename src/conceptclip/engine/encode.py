@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,16 +58,14 @@ def _write_ids(path: Path, ids: Sequence[str]) -> None:
 
 def encode_shard(backbone, samples: Sequence, path: Path, ids_path: Path, *, dtype: str = "float32",
                  batch_size: int = 32, num_workers: int = 0, progress: bool = True, desc: str = "encoding") -> int:
-    """Encode `samples` into `path` (written through a memory map to a temp file, then renamed) and their
-    ids into `ids_path` (last: its presence marks the shard finished). Returns the number of rows."""
+    """Encode `samples` into `path` (written through a memory map to a temp file, then renamed: `io.atomic_write`)
+    and their ids into `ids_path` (last: its presence marks the shard finished). Returns the number of rows."""
     from conceptclip.data.images import PixelDataset
-    from conceptclip.io import remove_orphaned_temps
+    from conceptclip.io import atomic_write
     from conceptclip.progress import progress as bar
 
-    remove_orphaned_temps(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(samples), backbone.embed_dim))
-    try:
+    def write(tmp: Path) -> None:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(samples), backbone.embed_dim))
         loader = torch.utils.data.DataLoader(PixelDataset(list(samples), backbone.preprocess), batch_size=batch_size,
                                              num_workers=num_workers)
         row = 0
@@ -79,12 +76,8 @@ def encode_shard(backbone, samples: Sequence, path: Path, ids_path: Path, *, dty
                 row += len(f)
         out.flush()
         del out
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)  # temp file in the same folder, fsync, rename
     _write_ids(ids_path, [s.id for s in samples])
     return len(samples)
 

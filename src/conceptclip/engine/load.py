@@ -46,13 +46,11 @@ def load_run(run: str | Path, device: str | None = None,
 
     run = Path(run)
     cfg_path = run / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{run}: not a results folder (config.json missing)")
+    cfg = read_config(run)
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         spec, name = cfg["backbone"], cfg["method"]["method"]
         classnames, mconf = cfg["classnames"], cfg["method"]["config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{cfg_path}: not a valid run config ({type(exc).__name__}: {exc})") from None
     from conceptclip.engine.files import resolve_files
 
